@@ -1,0 +1,1 @@
+"""Data sources, tasks, prompts and sampling of demonstrations."""

@@ -1,0 +1,216 @@
+"""Per-head activation capture and insertion (the heart of stv).
+
+A head's activation is its slice of the INPUT of the decoder layer's attention output
+projection: ``[batch, seq, n_heads * head_dim]`` viewed as ``[batch, seq, n_heads,
+head_dim]``. Both operations work through forward pre-hooks on those projections, so
+the model's own modules run unchanged.
+
+Positions: prompts are left padded, so the last prompt token of every row is position
+-1 of a prefill pass. Insertion writes that position (or the last ``trailing[b]``
+positions when answer tokens follow the prompt) and the single position of every
+decode step (seq = 1). Because attention is causal, nothing before the last prompt
+token depends on the inserted vectors: a prefix can be computed once (KV cache) and
+shared by many candidates, which is what ``forward_over_prefix`` callers rely on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from stvcli.models.base import ModelAdapter
+
+InsertMode = Literal["replace", "add"]
+
+
+def all_locations(n_layers: int, n_heads: int) -> torch.Tensor:
+    """Every (layer, head) pair, layer-major: [L * H, 2] int64."""
+    layers = torch.arange(n_layers).repeat_interleave(n_heads)
+    heads = torch.arange(n_heads).repeat(n_layers)
+    return torch.stack([layers, heads], dim=1)
+
+
+def _group_by_layer(locations: torch.Tensor) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """layer -> (heads at that layer [k_l], their row indices in ``locations`` [k_l])."""
+    locations = torch.as_tensor(locations, dtype=torch.long).reshape(-1, 2)
+    groups: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    for layer in locations[:, 0].unique().tolist():
+        rows = (locations[:, 0] == layer).nonzero().flatten()
+        groups[int(layer)] = (locations[rows, 1], rows)
+    return groups
+
+
+def _check_locations(adapter: ModelAdapter, locations: torch.Tensor) -> None:
+    if locations.ndim != 2 or locations.shape[1] != 2:
+        raise ValueError(f"locations must be [K, 2], got {tuple(locations.shape)}")
+    if locations.numel() and (
+        int(locations[:, 0].max()) >= adapter.n_layers or int(locations[:, 1].max()) >= adapter.n_heads
+        or int(locations.min()) < 0
+    ):
+        raise ValueError(
+            f"locations out of range for a model with {adapter.n_layers} layers x {adapter.n_heads} heads"
+        )
+
+
+@dataclass
+class Capture:
+    """Last-token activations recorded by ``capturing``; read with ``result()``."""
+
+    adapter: ModelAdapter
+    locations: torch.Tensor | None
+    _store: dict[int, torch.Tensor]
+    _groups: dict[int, tuple[torch.Tensor, torch.Tensor]]
+
+    def result(self) -> torch.Tensor:
+        """[B, L, H, D] float32 when capturing all heads, else [B, K, D] in ``locations`` order."""
+        if len(self._store) != len(self._groups):
+            raise RuntimeError("no forward pass ran inside the capturing() block")
+        if self.locations is None:
+            return torch.stack([self._store[layer] for layer in sorted(self._store)], dim=1)
+        first = next(iter(self._store.values()))
+        out = first.new_empty(first.shape[0], len(self.locations), self.adapter.head_dim)
+        for layer, (_, rows) in self._groups.items():
+            out[:, rows.to(out.device)] = self._store[layer].to(out.device)
+        return out
+
+
+@contextmanager
+def capturing(adapter: ModelAdapter, locations: torch.Tensor | None = None) -> Iterator[Capture]:
+    """Record the last-token head activations of the first forward pass inside the block.
+
+    locations: [K, 2] (layer, head) or None for every head. Hooks are removed on exit,
+    also when the block raises.
+    """
+    if locations is not None:
+        locations = torch.as_tensor(locations, dtype=torch.long)
+        _check_locations(adapter, locations)
+        groups = _group_by_layer(locations)
+    else:
+        every = torch.arange(adapter.n_heads)
+        groups = {layer: (every, every) for layer in range(adapter.n_layers)}
+    capture = Capture(adapter, locations, {}, groups)
+    n_heads, head_dim = adapter.n_heads, adapter.head_dim
+    handles = []
+
+    def make_hook(layer: int, heads: torch.Tensor):
+        heads_on_device: dict[torch.device, torch.Tensor] = {}
+        take_all = locations is None
+
+        def hook(module, args):
+            if layer in capture._store:
+                return None
+            x = args[0]
+            last = x[:, -1].reshape(x.shape[0], n_heads, head_dim)
+            if not take_all:
+                index = heads_on_device.setdefault(x.device, heads.to(x.device))
+                last = last.index_select(1, index)
+            capture._store[layer] = last.detach().float().clone()
+            return None
+
+        return hook
+
+    try:
+        for layer, (heads, _) in groups.items():
+            handles.append(adapter.projections[layer].register_forward_pre_hook(make_hook(layer, heads)))
+        yield capture
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
+def inserting(
+    adapter: ModelAdapter,
+    locations: torch.Tensor,
+    vectors: torch.Tensor,
+    mode: InsertMode = "replace",
+    trailing: torch.Tensor | None = None,
+) -> Iterator[None]:
+    """Write ``vectors`` into the head slices at ``locations`` for every forward inside.
+
+    locations: [K, 2]; vectors: [K, D] (same for every row) or [B, K, D] (per row).
+    mode: ``replace`` sets the slice; ``add`` adds the vector to the model's own slice.
+    trailing: [B] positions to write at the end of each row in a multi-token pass
+    (default 1, the last prompt token); decode steps (seq = 1) always write their token.
+    """
+    locations = torch.as_tensor(locations, dtype=torch.long)
+    _check_locations(adapter, locations)
+    if mode not in ("replace", "add"):
+        raise ValueError(f"unknown insertion mode {mode!r}")
+    if vectors.shape[-2:] != (len(locations), adapter.head_dim) or vectors.ndim not in (2, 3):
+        raise ValueError(
+            f"vectors must be [K, D] or [B, K, D] with K={len(locations)}, D={adapter.head_dim}; "
+            f"got {tuple(vectors.shape)}"
+        )
+    n_heads, head_dim = adapter.n_heads, adapter.head_dim
+    handles = []
+
+    def make_hook(layer: int, heads: torch.Tensor, rows: torch.Tensor):
+        module = adapter.projections[layer]
+        device, dtype = module.weight.device, module.weight.dtype
+        heads = heads.to(device)
+        values = vectors.index_select(-2, rows.to(vectors.device)).to(device=device, dtype=dtype)
+        tail = None if trailing is None else torch.as_tensor(trailing, device=device).long()
+
+        def hook(module, args):
+            x = args[0]
+            batch, seq = x.shape[0], x.shape[1]
+            if values.ndim == 3 and values.shape[0] != batch:
+                raise ValueError(f"per-row vectors for {values.shape[0]} rows, but the batch has {batch}")
+            if torch.is_grad_enabled() or not x.is_contiguous():
+                x = x.contiguous().clone()
+            view = x.view(batch, seq, n_heads, head_dim)
+            if seq == 1 or tail is None or bool((tail == 1).all()):
+                slot = view[:, -1]  # [B, H, D], a view into x
+                if mode == "replace":
+                    slot[:, heads] = values
+                else:
+                    slot[:, heads] += values
+            else:
+                positions = torch.arange(seq, device=device)
+                mask = (positions[None, :] >= seq - tail[:, None])[:, :, None, None]  # [B, T, 1, 1]
+                current = view[:, :, heads]  # [B, T, k, D] copy
+                new = values.unsqueeze(-3)  # [(B,) 1, k, D]
+                if mode == "add":
+                    new = current + new
+                view[:, :, heads] = torch.where(mask, new, current)
+            return (x, *args[1:])
+
+        return hook
+
+    try:
+        for layer, (heads, rows) in _group_by_layer(locations).items():
+            handles.append(adapter.projections[layer].register_forward_pre_hook(make_hook(layer, heads, rows)))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@dataclass(frozen=True)
+class Intervention:
+    """Vectors to insert: locations [K, 2], vectors [K, D] or [B, K, D], and the mode."""
+
+    locations: torch.Tensor
+    vectors: torch.Tensor
+    mode: InsertMode = "replace"
+
+    def rows(self, index: slice) -> "Intervention":
+        """The intervention for a slice of the batch (per-row vectors are sliced)."""
+        if self.vectors.ndim == 3:
+            return Intervention(self.locations, self.vectors[index], self.mode)
+        return self
+
+
+@contextmanager
+def applied(adapter: ModelAdapter, intervention: Intervention | None, trailing: torch.Tensor | None = None):
+    """``inserting`` for an optional intervention (no hooks at all when None)."""
+    if intervention is None:
+        yield
+        return
+    with inserting(adapter, intervention.locations, intervention.vectors, intervention.mode, trailing):
+        yield

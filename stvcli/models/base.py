@@ -1,0 +1,205 @@
+"""The model adapter: one loaded Hugging Face model seen the same way for every family.
+
+An adapter knows how to turn neutral prompts into model inputs (left padded, on the
+model's device), where the decoder's attention output projections are, and the
+head geometry (n_layers, n_heads, head_dim). Family subclasses override
+``render_text`` and ``_encode_batch``; everything else is shared.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from stvcli.errors import ModelError
+from stvcli.prompt import IMAGE_PLACEHOLDER, Prompt
+
+_PROJECTION_NAMES = ("o_proj", "c_proj", "out_proj", "dense")
+
+
+class ModelAdapter:
+    """Wraps ``model`` (a transformers PreTrainedModel) and its processor or tokenizer."""
+
+    family: ClassVar[str] = "text"
+    architectures: ClassVar[tuple[str, ...]] = ()
+    #: Whether prompts are wrapped in the chat template by default.
+    chat_template_default: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        model: nn.Module,
+        processor: Any,
+        name: str,
+        *,
+        projection_pattern: str | None = None,
+        use_chat_template: bool | None = None,
+        revision: str | None = None,
+    ) -> None:
+        self.model = model.eval()
+        self.processor = processor
+        self.name = name
+        self.revision = revision
+        self.use_chat_template = self.chat_template_default if use_chat_template is None else use_chat_template
+        tokenizer = self.tokenizer
+        tokenizer.padding_side = "left"
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        self.projections: list[nn.Module] = self._resolve_projections(projection_pattern)
+        self.n_layers = len(self.projections)
+        self.n_heads, self.head_dim = self._head_geometry()
+
+    # ------------------------------------------------------------------ geometry
+    @property
+    def tokenizer(self) -> Any:
+        return getattr(self.processor, "tokenizer", self.processor)
+
+    @property
+    def text_config(self) -> Any:
+        config = self.model.config
+        return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.get_input_embeddings().weight.device
+
+    @property
+    def context_length(self) -> int:
+        return int(getattr(self.text_config, "max_position_embeddings", 0) or 2048)
+
+    def decoder(self) -> nn.Module:
+        """The language decoder (the module whose ``.layers`` hold the attention blocks)."""
+        return self.model.get_decoder()
+
+    def _resolve_projections(self, pattern: str | None) -> list[nn.Module]:
+        """The attention output projection of every decoder layer, in layer order."""
+        if pattern is not None:
+            return _projections_by_pattern(self.model, pattern)
+        decoder = self.decoder()
+        layers = getattr(decoder, "layers", None)
+        if layers is None:
+            raise ModelError(
+                f"{self.name}: the decoder has no .layers; pass --projection-pattern "
+                "(a regex over module names, e.g. 'layers\\.\\d+\\.self_attn\\.o_proj$')"
+            )
+        found = []
+        for index, layer in enumerate(layers):
+            attention = next((m for n, m in layer.named_children() if "attn" in n.lower()), None)
+            projection = None
+            if attention is not None:
+                projection = next((getattr(attention, n) for n in _PROJECTION_NAMES if hasattr(attention, n)), None)
+            if not isinstance(projection, nn.Linear):
+                raise ModelError(
+                    f"{self.name}: layer {index} has no attention output projection "
+                    f"({'/'.join(_PROJECTION_NAMES)}); pass --projection-pattern to name it"
+                )
+            found.append(projection)
+        return found
+
+    def _head_geometry(self) -> tuple[int, int]:
+        config = self.text_config
+        n_heads = int(config.num_attention_heads)
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_heads
+        width = self.projections[0].in_features
+        if n_heads * head_dim != width:
+            if width % n_heads == 0:
+                head_dim = width // n_heads
+            else:
+                raise ModelError(f"{self.name}: o_proj input width {width} is not n_heads={n_heads} x head_dim")
+        return n_heads, int(head_dim)
+
+    # ------------------------------------------------------------------ prompts
+    def render_text(self, text: str, n_images: int) -> str:
+        """The prompt string the processor sees: chat template and image tokens applied."""
+        if n_images:
+            raise ModelError(f"{self.name} is a text-only model; the prompt has {n_images} image(s)")
+        if self.use_chat_template:
+            messages = [{"role": "user", "content": text}]
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return text
+
+    def _encode_batch(self, texts: list[str], images: list[list[Any]]) -> dict[str, torch.Tensor]:
+        """Processor call for one batch of rendered texts; text-only by default."""
+        return dict(self.tokenizer(texts, padding=True, return_tensors="pt"))
+
+    def encode(self, prompts: Sequence[Prompt]) -> dict[str, torch.Tensor]:
+        """Left-padded model inputs for ``prompts``, on the model's device.
+
+        The last prompt token of every row is at position -1.
+        """
+        texts = [self.render_text(p.text, len(p.images)) for p in prompts]
+        images = [list(p.images) for p in prompts]
+        inputs = self._encode_batch(texts, images)
+        return {k: (v.to(self.device) if isinstance(v, torch.Tensor) else v) for k, v in inputs.items()}
+
+    def encode_with_answers(
+        self, prompts: Sequence[Prompt], answers: Sequence[str]
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Inputs for prompt+answer (left padded) and the answer token count per row [B].
+
+        The answer's tokens are the last ``n[b]`` positions of row b; the last prompt
+        token is at position ``-(n[b] + 1)``.
+        """
+        full = [Prompt(p.text + a, p.images) for p, a in zip(prompts, answers, strict=True)]
+        prompt_inputs = self.encode(prompts)
+        full_inputs = self.encode(full)
+        prompt_lengths = prompt_inputs["attention_mask"].sum(1)
+        full_lengths = full_inputs["attention_mask"].sum(1)
+        n_answer = (full_lengths - prompt_lengths).cpu()
+        if bool((n_answer < 1).any()):
+            raise ValueError("an answer encodes to no tokens")
+        return full_inputs, n_answer
+
+    # ------------------------------------------------------------------ identity
+    def fingerprint(self) -> dict[str, Any]:
+        """What an artifact must match to be used with this model."""
+        architecture = (getattr(self.model.config, "architectures", None) or [type(self.model).__name__])[0]
+        return {
+            "architecture": architecture,
+            "n_layers": self.n_layers,
+            "n_heads": self.n_heads,
+            "head_dim": self.head_dim,
+            "weights": self.weight_hash(),
+        }
+
+    def weight_hash(self) -> str:
+        """A cheap content hash of the decoder's attention projections (first/last layer)."""
+        digest = hashlib.sha256()
+        for module in (self.projections[0], self.projections[-1]):
+            weight = module.weight.detach()
+            flat = weight.reshape(-1)
+            sample = flat[:: max(1, flat.numel() // 4096)].float().cpu().numpy().tobytes()
+            digest.update(sample)
+        if self.revision:
+            digest.update(self.revision.encode())
+        return digest.hexdigest()[:16]
+
+    def describe(self) -> str:
+        return json.dumps({"name": self.name, "family": self.family, **self.fingerprint()})
+
+
+def _projections_by_pattern(model: nn.Module, pattern: str) -> list[nn.Module]:
+    regex = re.compile(pattern)
+    matches = [(n, m) for n, m in model.named_modules() if regex.search(n) and isinstance(m, nn.Linear)]
+    if not matches:
+        raise ModelError(f"--projection-pattern {pattern!r} matches no linear module")
+    numbered = []
+    for name, module in matches:
+        numbers = re.findall(r"\.(\d+)\.", f".{name}.")
+        if not numbers:
+            raise ModelError(f"--projection-pattern {pattern!r} matched {name!r}, which has no layer number")
+        numbered.append((int(numbers[-1]), name, module))
+    numbered.sort(key=lambda t: t[0])
+    if [n for n, _, _ in numbered] != list(range(len(numbered))):
+        names = ", ".join(n for _, n, _ in numbered[:4])
+        raise ModelError(f"--projection-pattern {pattern!r} is ambiguous (matched {names}, ...); make it match one module per layer")
+    return [m for _, _, m in numbered]
+
+
+def count_placeholders(text: str) -> int:
+    return text.count(IMAGE_PLACEHOLDER)

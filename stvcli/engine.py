@@ -129,6 +129,7 @@ def inserting(
     vectors: torch.Tensor,
     mode: InsertMode = "replace",
     trailing: torch.Tensor | None = None,
+    row_mask: torch.Tensor | None = None,
 ) -> Iterator[None]:
     """Write ``vectors`` into the head slices at ``locations`` for every forward inside.
 
@@ -136,6 +137,8 @@ def inserting(
     mode: ``replace`` sets the slice; ``add`` adds the vector to the model's own slice.
     trailing: [B] positions to write at the end of each row in a multi-token pass
     (default 1, the last prompt token); decode steps (seq = 1) always write their token.
+    row_mask: [B, K] bool; where False that row keeps its own activation at that
+    location (MTV's search inserts a different head subset per row).
     """
     locations = torch.as_tensor(locations, dtype=torch.long)
     _check_locations(adapter, locations)
@@ -155,6 +158,9 @@ def inserting(
         heads = heads.to(device)
         values = vectors.index_select(-2, rows.to(vectors.device)).to(device=device, dtype=dtype)
         tail = None if trailing is None else torch.as_tensor(trailing, device=device).long()
+        keep = None if row_mask is None else row_mask.index_select(1, rows.to(row_mask.device)).to(device)
+        if keep is not None:
+            keep = keep[:, :, None]  # [B, k, 1]
 
         def hook(module, args):
             x = args[0]
@@ -166,10 +172,14 @@ def inserting(
             view = x.view(batch, seq, n_heads, head_dim)
             if seq == 1 or tail is None or bool((tail == 1).all()):
                 slot = view[:, -1]  # [B, H, D], a view into x
-                if mode == "replace":
+                if keep is None and mode == "replace":
                     slot[:, heads] = values
-                else:
+                elif keep is None:
                     slot[:, heads] += values
+                else:
+                    current = slot[:, heads]  # [B, k, D] copy
+                    new = values if mode == "replace" else current + values
+                    slot[:, heads] = torch.where(keep, new, current)
             else:
                 positions = torch.arange(seq, device=device)
                 mask = (positions[None, :] >= seq - tail[:, None])[:, :, None, None]  # [B, T, 1, 1]
@@ -177,6 +187,8 @@ def inserting(
                 new = values.unsqueeze(-3)  # [(B,) 1, k, D]
                 if mode == "add":
                     new = current + new
+                if keep is not None:
+                    mask = mask & keep[:, None]  # [B, T, k, 1]
                 view[:, :, heads] = torch.where(mask, new, current)
             return (x, *args[1:])
 
@@ -198,12 +210,13 @@ class Intervention:
     locations: torch.Tensor
     vectors: torch.Tensor
     mode: InsertMode = "replace"
+    row_mask: torch.Tensor | None = None  # [B, K] bool
 
     def rows(self, index: slice) -> "Intervention":
-        """The intervention for a slice of the batch (per-row vectors are sliced)."""
-        if self.vectors.ndim == 3:
-            return Intervention(self.locations, self.vectors[index], self.mode)
-        return self
+        """The intervention for a slice of the batch (per-row vectors and masks are sliced)."""
+        vectors = self.vectors[index] if self.vectors.ndim == 3 else self.vectors
+        mask = None if self.row_mask is None else self.row_mask[index]
+        return Intervention(self.locations, vectors, self.mode, mask)
 
 
 @contextmanager
@@ -212,5 +225,7 @@ def applied(adapter: ModelAdapter, intervention: Intervention | None, trailing: 
     if intervention is None:
         yield
         return
-    with inserting(adapter, intervention.locations, intervention.vectors, intervention.mode, trailing):
+    with inserting(
+        adapter, intervention.locations, intervention.vectors, intervention.mode, trailing, intervention.row_mask
+    ):
         yield

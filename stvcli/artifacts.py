@@ -1,0 +1,182 @@
+"""Workspace artifacts: safetensors files with validated string metadata.
+
+Every artifact records ``stv.schema``, ``stv.kind``, the model id and fingerprint, the
+stage settings, the data source, the seed and the package versions. Writes are
+atomic (temp file in the same directory, then rename), so an interrupted stage never
+leaves a half-written artifact. Reads validate kind, schema, tensor shapes and the
+model fingerprint, and refuse a mismatch with one clear line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorsError
+from safetensors.torch import load_file, save_file
+
+from stvcli import __version__
+from stvcli.errors import ArtifactError
+
+SCHEMA_VERSION = 1
+
+# kind -> tensor name -> expected rank
+KINDS: dict[str, dict[str, int]] = {
+    "scan": {"scores": 2, "locations": 2},
+    "bank": {"bank": 3, "counts": 2, "locations": 2},
+    "vectors": {"vectors": 2, "locations": 2, "logits": 2},
+    "mtv": {"means": 3, "locations": 2, "logits": 2},
+    "activations": {"activations": 3, "locations": 2},
+    "search-state": {"logits": 2},
+}
+
+# The command that produces each kind, for "run X first" messages.
+PRODUCER = {"scan": "stv scan", "bank": "stv bank", "vectors": "stv search", "mtv": "stv eval --methods mtv"}
+
+
+def versions() -> dict[str, str]:
+    import transformers
+
+    return {
+        "stvcli": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+    }
+
+
+@dataclass
+class Artifact:
+    kind: str
+    tensors: dict[str, torch.Tensor]
+    meta: dict[str, Any]  # decoded metadata: model, fingerprint, settings, data, seed, versions, ...
+    path: Path | None = None
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self.tensors[name]
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return self.meta.get("settings", {})
+
+    @property
+    def fingerprint(self) -> dict[str, Any]:
+        return self.meta.get("fingerprint", {})
+
+
+def save_artifact(
+    path: str | Path,
+    kind: str,
+    tensors: dict[str, torch.Tensor],
+    *,
+    model: str,
+    fingerprint: dict[str, Any],
+    settings: dict[str, Any],
+    data: dict[str, Any] | None = None,
+    seed: int | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Validate and atomically write an artifact; returns its path."""
+    _check_tensors(kind, tensors, str(path))
+    meta: dict[str, str] = {
+        "stv.schema": str(SCHEMA_VERSION),
+        "stv.kind": kind,
+        "stv.model": model,
+        "stv.fingerprint": json.dumps(fingerprint, sort_keys=True),
+        "stv.settings": json.dumps(settings, sort_keys=True, default=str),
+        "stv.data": json.dumps(data or {}, sort_keys=True, default=str),
+        "stv.seed": json.dumps(seed),
+        "stv.versions": json.dumps(versions(), sort_keys=True),
+        "stv.created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "stv.extra": json.dumps(extra or {}, sort_keys=True, default=str),
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    contiguous = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
+    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        save_file(contiguous, temp, metadata=meta)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_artifact(
+    path: str | Path,
+    kind: str,
+    *,
+    fingerprint: dict[str, Any] | None = None,
+) -> Artifact:
+    """Read and validate an artifact of ``kind``; with ``fingerprint``, refuse another model's."""
+    path = Path(path)
+    if not path.exists():
+        hint = f"; run `{PRODUCER[kind]}` first" if kind in PRODUCER else ""
+        raise ArtifactError(f"{path} does not exist{hint}")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as handle:
+            raw = handle.metadata() or {}
+        tensors = load_file(str(path))
+    except (SafetensorsError, OSError, ValueError) as error:
+        raise ArtifactError(f"{path} is not a readable safetensors file ({error}); delete it and rerun the stage") from None
+    if raw.get("stv.kind") is None or raw.get("stv.schema") is None:
+        raise ArtifactError(f"{path} is not an stv artifact (no stv metadata)")
+    if raw["stv.kind"] != kind:
+        raise ArtifactError(f"{path} is a {raw['stv.kind']!r} artifact, expected {kind!r}")
+    if raw["stv.schema"] != str(SCHEMA_VERSION):
+        raise ArtifactError(
+            f"{path} has schema version {raw['stv.schema']}, this stv reads {SCHEMA_VERSION}; rerun the stage with --force"
+        )
+    try:
+        meta = {key.removeprefix("stv."): json.loads(value) for key, value in raw.items()
+                if key not in ("stv.kind", "stv.model", "stv.created", "stv.schema")}
+    except json.JSONDecodeError:
+        raise ArtifactError(f"{path} has corrupt metadata; delete it and rerun the stage") from None
+    meta.update(model=raw.get("stv.model"), created=raw.get("stv.created"), schema=int(raw["stv.schema"]))
+    _check_tensors(kind, tensors, str(path))
+    artifact = Artifact(kind, tensors, meta, path)
+    if fingerprint is not None:
+        check_fingerprint(artifact, fingerprint)
+    return artifact
+
+
+def check_fingerprint(artifact: Artifact, fingerprint: dict[str, Any]) -> None:
+    """Refuse an artifact made for another model (architecture, geometry or weights)."""
+    compare_fingerprints(artifact.fingerprint, fingerprint, str(artifact.path), str(artifact.meta.get("model")))
+
+
+def compare_fingerprints(stored: dict[str, Any], current: dict[str, Any], where: str, model: str) -> None:
+    for key in ("architecture", "n_layers", "n_heads", "head_dim", "weights"):
+        if key in stored and key in current and stored[key] != current[key]:
+            raise ArtifactError(
+                f"{where} was made for another model ({key}: {stored[key]} vs {current[key]}, "
+                f"model {model}); use the model it was made for or rerun with --force"
+            )
+
+
+def _check_tensors(kind: str, tensors: dict[str, torch.Tensor], where: str) -> None:
+    if kind not in KINDS:
+        raise ValueError(f"unknown artifact kind {kind!r}")
+    for name, rank in KINDS[kind].items():
+        if name not in tensors:
+            raise ArtifactError(f"{where}: {kind} artifact lacks tensor {name!r}; rerun the stage with --force")
+        if tensors[name].ndim != rank:
+            raise ArtifactError(f"{where}: tensor {name!r} has rank {tensors[name].ndim}, expected {rank}")
+    if "locations" in tensors:
+        locations = tensors["locations"]
+        if locations.shape[-1] != 2:
+            raise ArtifactError(f"{where}: locations must be [K, 2], got {tuple(locations.shape)}")
+        for name in ("bank", "counts", "vectors", "logits", "baseline", "choices"):
+            if name in tensors and kind != "mtv" and tensors[name].shape[0] != locations.shape[0]:
+                raise ArtifactError(f"{where}: {name} has {tensors[name].shape[0]} rows for {locations.shape[0]} locations")

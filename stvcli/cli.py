@@ -1,0 +1,353 @@
+"""The `stv` command line: parses options, calls the stage functions, prints results.
+
+No computation lives here. User mistakes (``StvError``, invalid options) end in one
+line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+
+from stvcli import __version__
+from stvcli.errors import StvError
+
+app = typer.Typer(
+    name="stv",
+    help="Sensitivity-aware task vectors: many-shot in-context learning without the context.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+
+def fail(message: str, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn user mistakes into one line on stderr (exit 2) instead of a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except StvError as error:
+            fail(str(error))
+        except ValidationError as error:
+            first = error.errors()[0]
+            where = ".".join(str(p) for p in first.get("loc", ()) if p != "__root__")
+            message = first.get("msg", str(error)).removeprefix("Value error, ")
+            fail(f"{where + ': ' if where else ''}{message}")
+        except KeyboardInterrupt:
+            fail("interrupted; artifacts written so far are complete, rerun to continue", code=130)
+
+    return wrapper
+
+
+def emit(summary: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2, default=str))
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"stv {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[Optional[bool], typer.Option("--version", callback=version_callback, is_eager=True,
+                                                    help="Print the version and exit.")] = None,
+) -> None:
+    """stv: find where task information lives in a model, and write it into zero-shot passes."""
+
+
+# ---------------------------------------------------------------- shared options
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Short name (see `stv models`), hub id, local directory or .gguf file.")]
+Workspace = Annotated[Path, typer.Option("--workspace", "-w", help="Directory holding the stage artifacts.")]
+DataOpt = Annotated[Optional[str], typer.Option("--data", help="Data source: hub id[@rev][:split], .jsonl, imagefolder dir, episode .json (see docs/data.md).")]
+TaskOpt = Annotated[str, typer.Option("--task", "-t", help="Task name (see `stv tasks`).")]
+BatchOpt = Annotated[str, typer.Option("--batch-size", help="Rows per forward, or 'auto' (halves on out-of-memory).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print a machine-readable summary on stdout.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or status lines.")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Recompute even when a valid artifact exists.")]
+DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto | float32 | bfloat16 | float16")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N")]
+DeviceMapOpt = Annotated[Optional[str], typer.Option("--device-map", help="Shard over devices, e.g. 'auto'.")]
+InsertOpt = Annotated[str, typer.Option("--insert", help="replace (paper) | add (query's own activation + offset)")]
+
+
+def parse_batch_size(value: str) -> int | None:
+    if value == "auto":
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise StvError(f"--batch-size must be a positive integer or 'auto', not {value!r}")
+    return int(value)
+
+
+def parse_columns(value: str | None) -> dict[str, str] | None:
+    if not value:
+        return None
+    pairs = [part.split("=", 1) for part in value.split(",") if part]
+    if any(len(p) != 2 for p in pairs):
+        raise StvError(f"--columns takes field=column pairs separated by commas, e.g. question=q,answers=ans; got {value!r}")
+    return {k.strip(): v.strip() for k, v in pairs}
+
+
+def model_options(model: str, dtype: str, device: str, device_map: str | None, projection_pattern: str | None = None):
+    from stvcli.config import ModelOptions
+
+    return ModelOptions(model=model, dtype=dtype, device=device, device_map=device_map,
+                        projection_pattern=projection_pattern)
+
+
+def data_options(data: str | None, task: str, eval_data: str | None, image_root: str | None, columns: str | None,
+                 seed: int, eval_limit: int | None = None):
+    from stvcli.data.options import DataOptions
+
+    return DataOptions(data=data, task=task, eval_data=eval_data, image_root=image_root,
+                       columns=parse_columns(columns), seed=seed, eval_limit=eval_limit)
+
+
+# ---------------------------------------------------------------- listing
+@app.command("models")
+@user_errors
+def models_command(as_json: JsonOpt = False) -> None:
+    """List the supported model families and short names."""
+    from stvcli.models.registry import list_models
+
+    rows = list_models()
+    if as_json:
+        return emit({"models": rows}, True)
+    from rich.table import Table
+
+    table = Table("short name", "hub id", "family", "architectures")
+    for row in rows:
+        table.add_row(row.get("short_name") or "", row.get("hub_id") or "", row["family"],
+                      ", ".join(row.get("architectures", [])))
+    out.print(table)
+
+
+@app.command("tasks")
+@user_errors
+def tasks_command(as_json: JsonOpt = False) -> None:
+    """List the built-in tasks with their metric and default shots."""
+    from stvcli.data.tasks import list_tasks
+
+    rows = list_tasks()
+    if as_json:
+        return emit({"tasks": rows}, True)
+    from rich.table import Table
+
+    table = Table("task", "kind", "metric", "default shots", "description")
+    for row in rows:
+        table.add_row(row["name"], row["kind"], row["metric"], str(row["default_shots"]), row.get("description", ""))
+    out.print(table)
+
+
+# ---------------------------------------------------------------- stages
+@app.command("scan")
+@user_errors
+def scan_command(
+    model: ModelOpt,
+    workspace: Workspace,
+    task: TaskOpt = "vqa",
+    data: DataOpt = None,
+    eval_data: Annotated[Optional[str], typer.Option("--eval-data", help="Separate evaluation source (else a disjoint split of --data).")] = None,
+    image_root: Annotated[Optional[str], typer.Option("--image-root", help="Image root for episode files.")] = None,
+    columns: Annotated[Optional[str], typer.Option("--columns", help="Column mapping field=column,...")] = None,
+    shots: Annotated[Optional[int], typer.Option("--shots", help="Demonstrations per many-shot prompt (task default).")] = None,
+    queries: Annotated[int, typer.Option("--queries", help="Support queries scanned (2 forwards each).")] = 100,
+    top_k: Annotated[Optional[int], typer.Option("--top-k", help="Heads kept.")] = None,
+    top_frac: Annotated[Optional[float], typer.Option("--top-frac", help="Heads kept, as a fraction of all heads (default 300/1024).")] = None,
+    sensitivity: Annotated[str, typer.Option("--sensitivity", help="l2 (paper) | relative (delta / own norm)")] = "l2",
+    seed: int = 0,
+    batch_size: BatchOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    device: DeviceOpt = "auto",
+    device_map: DeviceMapOpt = None,
+    projection_pattern: Annotated[Optional[str], typer.Option("--projection-pattern", help="Regex naming each layer's attention output projection, for unknown architectures.")] = None,
+    force: ForceOpt = False,
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Stage 1: find the heads that react most to in-context demonstrations."""
+    from stvcli.stages.config import ScanConfig
+    from stvcli.stages.scan import run_scan
+
+    config = ScanConfig(
+        model=model_options(model, dtype, device, device_map, projection_pattern),
+        data=data_options(data, task, eval_data, image_root, columns, seed),
+        workspace=workspace, shots=shots, queries=queries, top_k=top_k, top_frac=top_frac,
+        sensitivity=sensitivity, seed=seed, batch_size=parse_batch_size(batch_size), force=force, quiet=quiet,
+    )
+    result = run_scan(config)
+    emit({"stage": "scan", "reused": result.reused, "locations": result.locations.tolist()[:20],
+          "k": len(result.locations), "stats": result.stats, "artifact": str(workspace / "scan.safetensors")}, as_json)
+
+
+@app.command("bank")
+@user_errors
+def bank_command(
+    workspace: Workspace,
+    clusters: Annotated[int, typer.Option("--clusters", help="k-means clusters per location (M).")] = 32,
+    contexts: Annotated[int, typer.Option("--contexts", help="Many-shot contexts clustered (T >= M).")] = 100,
+    seed: int = 0,
+    batch_size: BatchOpt = "auto",
+    force: ForceOpt = False,
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Stage 2: k-means banks of many-shot activations at the scanned heads."""
+    from stvcli.stages.bank import run_bank
+    from stvcli.stages.config import BankConfig
+
+    result = run_bank(BankConfig(workspace=workspace, clusters=clusters, contexts=contexts, seed=seed,
+                                 batch_size=parse_batch_size(batch_size), force=force, quiet=quiet))
+    emit({"stage": "bank", "reused": result.reused, "shape": list(result.bank.shape), "stats": result.stats,
+          "artifact": str(workspace / "bank.safetensors")}, as_json)
+
+
+@app.command("search")
+@user_errors
+def search_command(
+    workspace: Workspace,
+    iterations: Annotated[int, typer.Option("--iterations", help="REINFORCE iterations.")] = 300,
+    samples: Annotated[int, typer.Option("--samples", help="Samples per iteration (S).")] = 32,
+    lr: Annotated[float, typer.Option("--lr", help="Adam learning rate.")] = 0.1,
+    queries_per_iteration: Annotated[int, typer.Option("--queries-per-iteration")] = 1,
+    reward: Annotated[str, typer.Option("--reward", help="first-token (paper) | answer (answer log-likelihood)")] = "first-token",
+    insert: InsertOpt = "replace",
+    select: Annotated[str, typer.Option("--select", help="argmax (paper) | best-of (best of --best-of draws on held-out support items)")] = "argmax",
+    seed: int = 0,
+    batch_size: BatchOpt = "auto",
+    force: ForceOpt = False,
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Stage 3: choose one bank vector per head with REINFORCE (resumes when interrupted)."""
+    from stvcli.stages.config import SearchConfig
+    from stvcli.stages.search import run_search
+
+    result = run_search(SearchConfig(
+        workspace=workspace, iterations=iterations, samples=samples, lr=lr,
+        queries_per_iteration=queries_per_iteration, reward=reward, insert=insert, select=select, seed=seed,
+        batch_size=parse_batch_size(batch_size), force=force, quiet=quiet))
+    emit({"stage": "search", "reused": result.reused, "final_reward": result.rewards[-1] if result.rewards else None,
+          "stats": result.stats, "artifact": str(workspace / "vectors.safetensors")}, as_json)
+
+
+@app.command("eval")
+@user_errors
+def eval_command(
+    workspace: Annotated[Optional[Path], typer.Option("--workspace", "-w", help="Workspace with the stage artifacts.")] = None,
+    vectors: Annotated[Optional[Path], typer.Option("--vectors", help="A vectors.safetensors file (no workspace needed).")] = None,
+    methods: Annotated[str, typer.Option("--methods", help="Comma list: zero-shot, icl:N, stv, stv+icl:N, mtv, random-locations, mean-at-stv, mean-all-heads.")] = "zero-shot,icl:4,mtv,stv",
+    limit: Annotated[Optional[int], typer.Option("--limit", help="Evaluate the first N items.")] = None,
+    output_path: Annotated[Optional[Path], typer.Option("--output-path", help="Directory for results.json (default: the workspace).")] = None,
+    log_samples: Annotated[bool, typer.Option("--log-samples", help="Also write samples_<task>.jsonl.")] = False,
+    insert: Annotated[Optional[str], typer.Option("--insert", help="Override the insertion mode the vectors were searched with.")] = None,
+    metric_variant: Annotated[str, typer.Option("--metric-variant", help="VQA normalisation: standard | lavis | official")] = "standard",
+    mtv_iterations: Annotated[int, typer.Option("--mtv-iterations", help="MTV REINFORCE iterations (paper: 600).")] = 600,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model override (default: the one the artifacts were made with).")] = None,
+    data: DataOpt = None,
+    task: Annotated[Optional[str], typer.Option("--task", "-t", help="Task override (with --data).")] = None,
+    seed: int = 0,
+    batch_size: BatchOpt = "auto",
+    force: ForceOpt = False,
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Stage 4: evaluate zero-shot, ICL, MTV and STV on the same held-out items."""
+    from stvcli.stages.config import EvalConfig, MTVConfig
+    from stvcli.stages.evaluate import markdown_table, run_eval
+
+    if (data is None) != (task is None) and data is not None:
+        raise StvError("--data needs --task")
+    config = EvalConfig(
+        workspace=workspace, vectors=vectors, methods=[m for m in methods.split(",") if m.strip()], limit=limit,
+        output_path=output_path, log_samples=log_samples, insert=insert, metric_variant=metric_variant, seed=seed,
+        batch_size=parse_batch_size(batch_size), force=force, quiet=quiet,
+        model=model_options(model, "auto", "auto", None) if model else None,
+        data=data_options(data, task, None, None, None, seed) if task else None,
+        mtv=MTVConfig(iterations=mtv_iterations, seed=seed),
+    )
+    report = run_eval(config)
+    if as_json:
+        return emit(report, True)
+    out.print(markdown_table(report), highlight=False)
+
+
+@app.command("report")
+@user_errors
+def report_command(
+    workspace: Workspace,
+    output_path: Annotated[Optional[Path], typer.Option("--output-path", help="Directory for the PNGs (default: the workspace).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Pictures: sensitivity heatmap, search reward curve, accuracy by method."""
+    from stvcli.stages.report import write_report
+
+    paths = write_report(workspace, output_path or workspace)
+    if as_json:
+        return emit({"pictures": [str(p) for p in paths]}, True)
+    for path in paths:
+        out.print(str(path), highlight=False)
+
+
+@app.command("serve-local")
+@user_errors
+def serve_command(
+    vectors: Annotated[list[Path], typer.Option("--vectors", help="vectors.safetensors (repeat for several sets).")],
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Base model (default: the vectors' model).")] = None,
+    host: Annotated[str, typer.Option("--host", help="Bind address (loopback unless you mean otherwise).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port")] = 8000,
+    api_key: Annotated[Optional[str], typer.Option("--api-key", envvar="STV_API_KEY", help="Require this bearer token.")] = None,
+    max_batch: Annotated[int, typer.Option("--max-batch", help="Rows per forward.")] = 8,
+    max_image_bytes: Annotated[int, typer.Option("--max-image-bytes")] = 10 * 2**20,
+    allow_remote_images: Annotated[bool, typer.Option("--allow-remote-images")] = False,
+    insert: Annotated[Optional[str], typer.Option("--insert", help="Override the vectors' insertion mode.")] = None,
+) -> None:
+    """Serve a model with its task vectors behind an OpenAI-compatible API."""
+    from stvcli.serve import ServeConfig, serve
+
+    serve(ServeConfig(vectors=vectors, model=model, host=host, port=port, api_key=api_key, max_batch=max_batch,
+                      max_image_bytes=max_image_bytes, allow_remote_images=allow_remote_images, insert=insert))
+
+
+@app.command("demo")
+@user_errors
+def demo_command(
+    task: Annotated[str, typer.Option("--task", "-t", help="A shapes task (see `stv tasks`).")] = "",
+    backbone: Annotated[str, typer.Option("--backbone", help="smollm2 | gemma3")] = "",
+    workspace: Annotated[Path, typer.Option("--workspace", "-w")] = Path("runs/demo"),
+    quick: Annotated[bool, typer.Option("--quick", help="Tiny settings for a smoke run (a minute).")] = False,
+    force: ForceOpt = False,
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Build the shapes-world VLM offline and run the whole method on it."""
+    from stvcli.demo import DemoConfig, run_demo
+    from stvcli.stages.evaluate import markdown_table
+
+    overrides = {k: v for k, v in {"task": task, "backbone": backbone}.items() if v}
+    report = run_demo(DemoConfig(workspace=workspace, quick=quick, force=force, quiet=quiet, **overrides))
+    if as_json:
+        return emit(report, True)
+    out.print(markdown_table(report), highlight=False)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,1 @@
+"""The pipeline stages: scan ("where"), bank ("what"), search (REINFORCE), eval."""

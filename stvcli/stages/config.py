@@ -1,0 +1,99 @@
+"""Pydantic configs of the stages: what the CLI parses and the stage functions take."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from stvcli.config import ModelOptions
+from stvcli.data.options import DataOptions
+
+InsertMode = Literal["replace", "add"]
+
+
+class StageOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    workspace: Path
+    force: bool = False
+    batch_size: int | None = None  # None: auto (largest that fits, halved on out-of-memory)
+    quiet: bool = False
+
+
+class ScanConfig(StageOptions):
+    model: ModelOptions
+    data: DataOptions
+    shots: int | None = None  # None: the task's default (16 VQA, 4 two-way classification)
+    queries: int = 100
+    top_k: int | None = None
+    top_frac: float | None = Field(default=None, gt=0, le=1)
+    sensitivity: Literal["l2", "relative"] = "l2"
+    seed: int = 0
+    keep_contexts: int = 100  # many-shot activations kept for the bank (at the K locations)
+
+    @model_validator(mode="after")
+    def _one_k(self) -> "ScanConfig":
+        if self.top_k is not None and self.top_frac is not None:
+            raise ValueError("give --top-k or --top-frac, not both")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError("--top-k must be at least 1")
+        if self.queries < 1:
+            raise ValueError("--queries must be at least 1")
+        return self
+
+
+class BankConfig(StageOptions):
+    clusters: int = 32
+    contexts: int = 100
+    seed: int = 0
+    niter: int = 25
+
+
+class SearchConfig(StageOptions):
+    iterations: int = 300
+    samples: int = 32
+    lr: float = 0.1
+    queries_per_iteration: int = 1
+    reward: Literal["first-token", "answer"] = "first-token"
+    insert: InsertMode = "replace"
+    select: Literal["argmax", "best-of"] = "argmax"
+    best_of: int = 10  # draws scored on a held-out support slice when select = best-of
+    holdout: int = 50  # support items held out of the search for best-of selection
+    checkpoint_every: int = 25
+    seed: int = 0
+
+
+class MTVConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    iterations: int = 600
+    samples: int = 32
+    lr: float = 0.1
+    init_logit: float = -1.0
+    best_of: int = 10
+    holdout: int = 50
+    insert: InsertMode = "replace"
+    seed: int = 0
+
+
+class EvalConfig(StageOptions):
+    workspace: Path | None = None  # type: ignore[assignment]
+    vectors: Path | None = None
+    methods: list[str] = ["zero-shot", "icl:4", "mtv", "stv"]
+    limit: int | None = None
+    output_path: Path | None = None
+    log_samples: bool = False
+    insert: InsertMode | None = None  # None: the mode the vectors were searched with
+    metric_variant: Literal["standard", "lavis", "official"] = "standard"
+    seed: int = 0
+    model: ModelOptions | None = None  # overrides (needed with --vectors only when its model is elsewhere)
+    data: DataOptions | None = None
+    mtv: MTVConfig = MTVConfig()
+
+    @model_validator(mode="after")
+    def _source(self) -> "EvalConfig":
+        if self.workspace is None and self.vectors is None:
+            raise ValueError("give --workspace or --vectors")
+        return self

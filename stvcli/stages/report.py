@@ -1,0 +1,98 @@
+"""Pictures of a run (matplotlib, headless): where, how the search went, and the results."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from stvcli.artifacts import load_artifact  # noqa: E402
+from stvcli.errors import StvError  # noqa: E402
+from stvcli.stages.common import artifact_path  # noqa: E402
+
+
+def sensitivity_heatmap(scores: torch.Tensor, locations: torch.Tensor, path: Path, title: str = "") -> Path:
+    """Layers x heads heatmap of scores [L, H], the chosen locations [K, 2] marked."""
+    n_layers, n_heads = scores.shape
+    figure, axes = plt.subplots(figsize=(max(4, n_heads * 0.25 + 2), max(3, n_layers * 0.18 + 1.5)))
+    image = axes.imshow(scores.numpy(), aspect="auto", cmap="viridis", origin="lower")
+    axes.scatter(locations[:, 1].numpy(), locations[:, 0].numpy(), s=8, facecolors="none", edgecolors="red",
+                 linewidths=0.7, label=f"chosen (K={len(locations)})")
+    axes.set_xlabel("head")
+    axes.set_ylabel("layer")
+    axes.set_title(title or "sensitivity to demonstrations")
+    axes.legend(loc="upper right", fontsize=7)
+    figure.colorbar(image, ax=axes, label="mean ||a_many - a_zero||")
+    return _save(figure, path)
+
+
+def reward_curve(curves: dict[str, list[float]], path: Path, window: int = 10) -> Path:
+    """Mean reward per iteration (and a moving average) for each search."""
+    figure, axes = plt.subplots(figsize=(6, 3.5))
+    for name, rewards in curves.items():
+        values = torch.tensor(rewards, dtype=torch.float32)
+        axes.plot(values.numpy(), alpha=0.3)
+        if len(values) >= window:
+            smooth = values.unfold(0, window, 1).mean(1)
+            axes.plot(range(window - 1, len(values)), smooth.numpy(), label=f"{name} (moving avg {window})")
+        else:
+            axes.plot([], [], label=name)
+    axes.set_xlabel("iteration")
+    axes.set_ylabel("reward (-CE of first answer token)")
+    axes.legend(fontsize=8)
+    return _save(figure, path)
+
+
+def accuracy_chart(results: dict, path: Path) -> Path:
+    """Accuracy by method with 95% intervals, one panel per task."""
+    tasks = results["results"]
+    figure, all_axes = plt.subplots(1, len(tasks), figsize=(1.2 + 1.1 * max(len(m) for m in tasks.values()), 3.8),
+                                    squeeze=False)
+    for axes, (task, methods) in zip(all_axes[0], tasks.items()):
+        names = list(methods)
+        accuracy = [100 * methods[n]["accuracy"] for n in names]
+        low = [a - 100 * methods[n]["ci_low"] for a, n in zip(accuracy, names)]
+        high = [100 * methods[n]["ci_high"] - a for a, n in zip(accuracy, names)]
+        axes.bar(names, accuracy, yerr=[low, high], capsize=3, color="tab:blue")
+        axes.set_title(task)
+        axes.set_ylabel("accuracy (%)")
+        axes.set_ylim(0, 100)
+        axes.tick_params(axis="x", rotation=45)
+    return _save(figure, path)
+
+
+def write_report(workspace: Path, output: Path) -> list[Path]:
+    """Every picture the workspace has the artifacts for."""
+    output.mkdir(parents=True, exist_ok=True)
+    written = []
+    scan_path = artifact_path(workspace, "scan")
+    if not scan_path.exists():
+        raise StvError(f"{scan_path} does not exist; run `stv scan` first")
+    scan = load_artifact(scan_path, "scan")
+    written.append(sensitivity_heatmap(scan["scores"], scan["locations"], output / "sensitivity.png",
+                                       f"{scan.meta.get('model')} / {scan.settings.get('task')}"))
+    curves = {}
+    for name, kind in (("stv", "vectors"), ("mtv", "mtv")):
+        path = artifact_path(workspace, kind)
+        if path.exists():
+            curves[name] = load_artifact(path, kind).meta["extra"].get("rewards", [])
+    if any(curves.values()):
+        written.append(reward_curve({k: v for k, v in curves.items() if v}, output / "search_rewards.png"))
+    results_path = workspace / "results.json"
+    if results_path.exists():
+        written.append(accuracy_chart(json.loads(results_path.read_text()), output / "accuracy.png"))
+    return written
+
+
+def _save(figure, path: Path) -> Path:
+    figure.tight_layout()
+    temp = path.with_name(f".{path.name}.tmp.png")
+    figure.savefig(temp, dpi=130)
+    plt.close(figure)
+    temp.replace(path)
+    return path

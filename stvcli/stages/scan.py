@@ -1,0 +1,173 @@
+"""Stage 1, the sensitivity scan ("where").
+
+For each of Nq support queries: a0 = last-token head activations of the zero-shot
+prompt, a1 = those of a many-shot prompt (S demonstrations, then the query), both
+[L, H, D]. score[l, h] = mean over queries of ||a1 - a0||_2 (``l2``), or of that
+norm divided by ||a0|| (``relative``). Locations = the top-K heads, best first.
+Cost: 2 * Nq forwards. The many-shot activations at the chosen heads are kept
+(``activations.safetensors``) so the bank can reuse them.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from stvcli.artifacts import load_artifact, save_artifact
+from stvcli.data.loading import load_task_data
+from stvcli.data.types import Item, Task, TaskData
+from stvcli.engine import capturing
+from stvcli.errors import StvError
+from stvcli.models.base import ModelAdapter
+from stvcli.stages.common import Meter, artifact_path, get_adapter, progress, reusable, run_batched, say
+from stvcli.stages.config import ScanConfig
+
+# The paper's K = 300 on 32 x 32-head models, as a fraction of all heads.
+DEFAULT_TOP_FRAC = 300 / 1024
+
+
+@dataclass
+class ScanResult:
+    scores: torch.Tensor  # [L, H]
+    locations: torch.Tensor  # [K, 2]
+    reused: bool
+    stats: dict[str, Any]
+
+
+def resolve_top_k(config: ScanConfig, n_layers: int, n_heads: int) -> int:
+    total = n_layers * n_heads
+    if config.top_k is not None:
+        if config.top_k > total:
+            raise StvError(f"--top-k {config.top_k} exceeds the model's {total} heads; use at most {total}")
+        return config.top_k
+    frac = config.top_frac if config.top_frac is not None else DEFAULT_TOP_FRAC
+    return max(1, min(total, round(frac * total)))
+
+
+def sensitivity_scores(zero: torch.Tensor, many: torch.Tensor, mode: str = "l2") -> torch.Tensor:
+    """Per-query sensitivity of every head.
+
+    zero, many: [N, L, H, D] activations of the zero-shot and many-shot prompts.
+    Returns [N, L, H]: ||many - zero|| (l2) or ||many - zero|| / ||zero|| (relative).
+    """
+    delta = torch.linalg.vector_norm(many - zero, dim=-1)
+    if mode == "relative":
+        return delta / torch.linalg.vector_norm(zero, dim=-1).clamp_min(1e-6)
+    if mode != "l2":
+        raise ValueError(f"unknown sensitivity {mode!r}")
+    return delta
+
+
+def top_locations(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """The k highest-scoring (layer, head) pairs, best first: [k, 2] int64.
+
+    Ties break toward the lower flat index (stable sort), so results are reproducible.
+    """
+    n_heads = scores.shape[1]
+    order = torch.sort(scores.flatten(), descending=True, stable=True).indices[:k]
+    return torch.stack([order // n_heads, order % n_heads], dim=1).long()
+
+
+def many_shot_prompts(task: Task, queries: list[Item], pool: list[Item], shots: int, rng: random.Random):
+    """One many-shot prompt per query: ``shots`` demonstrations sampled from ``pool``."""
+    return [task.build_prompt(q, task.sample_demonstrations(pool, shots, rng, exclude=q)) for q in queries]
+
+
+def capture_prompts(adapter: ModelAdapter, prompts, meter: Meter, batch_size, locations=None, on_batch=None):
+    """Last-token activations of ``prompts``: [N, L, H, D] (or [N, K, D] at locations), on CPU."""
+
+    def run(chunk):
+        inputs = adapter.encode(chunk)
+        with meter.forward(len(chunk)), capturing(adapter, locations) as capture, torch.inference_mode():
+            adapter.model(**inputs, logits_to_keep=1, use_cache=False)
+        return list(capture.result().cpu())
+
+    return torch.stack(run_batched(run, prompts, batch_size, on_batch))
+
+
+def scan_settings(config: ScanConfig, shots: int, k: int) -> dict[str, Any]:
+    return {
+        "model": config.model.model_dump(),
+        "data": config.data.model_dump(),
+        "task": config.data.task,
+        "shots": shots,
+        "queries": config.queries,
+        "top_k": k,
+        "sensitivity": config.sensitivity,
+        "seed": config.seed,
+        "keep_contexts": config.keep_contexts,
+    }
+
+
+def run_scan(config: ScanConfig, task_data: TaskData | None = None) -> ScanResult:
+    """Run (or reuse) the sensitivity scan and write ``scan`` and ``activations`` artifacts."""
+    task_data = task_data or load_task_data(config.data)
+    task = task_data.task
+    shots = config.shots if config.shots is not None else task.default_shots
+    if shots < 1:
+        raise StvError("--shots must be at least 1")
+    support = task_data.support
+    if len(support) < shots + 1:
+        raise StvError(f"the support pool has {len(support)} items; --shots {shots} needs at least {shots + 1}")
+    adapter = get_adapter(config.model)
+    k = resolve_top_k(config, adapter.n_layers, adapter.n_heads)
+    settings = scan_settings(config, shots, k)
+    path = artifact_path(config.workspace, "scan")
+    if reusable(path, "scan", settings, config.force):
+        scan = load_artifact(path, "scan", fingerprint=adapter.fingerprint())
+        say(f"scan: reusing {path} (same settings; --force reruns)", config.quiet)
+        return ScanResult(scan["scores"], scan["locations"], True, scan.meta["extra"].get("stats", {}))
+
+    rng = random.Random(config.seed)
+    n_queries = min(config.queries, len(support))
+    if n_queries < config.queries:
+        say(f"scan: the support pool has {len(support)} items; scanning {n_queries} queries", config.quiet)
+    queries = rng.sample(support, n_queries)
+    zero_prompts = [task.build_prompt(q) for q in queries]
+    many_prompts = many_shot_prompts(task, queries, support, shots, rng)
+
+    meter = Meter()
+    with progress(config.quiet) as bar:
+        job = bar.add_task("scan", total=2 * n_queries)
+        advance = lambda n: bar.advance(job, n)  # noqa: E731
+        zero = capture_prompts(adapter, zero_prompts, meter, config.batch_size, on_batch=advance)
+        many = capture_prompts(adapter, many_prompts, meter, config.batch_size, on_batch=advance)
+    per_query = sensitivity_scores(zero, many, config.sensitivity)  # [N, L, H]
+    scores = per_query.mean(0)
+    locations = top_locations(scores, k)
+    stats = meter.summary()
+
+    common = dict(
+        model=config.model.model,
+        fingerprint=adapter.fingerprint(),
+        data=task_data.source,
+        seed=config.seed,
+    )
+    kept = many[: config.keep_contexts, locations[:, 0], locations[:, 1]]  # [T, K, D]
+    save_artifact(
+        artifact_path(config.workspace, "activations"),
+        "activations",
+        {"activations": kept, "locations": locations},
+        settings=settings,
+        extra={"query_uids": [q.uid for q in queries[: config.keep_contexts]]},
+        **common,
+    )
+    save_artifact(
+        path,
+        "scan",
+        {
+            "scores": scores,
+            "locations": locations,
+            "zero_mean": zero.mean(0),  # [L, H, D]
+            "many_mean": many.mean(0),  # [L, H, D]
+            "query_scores": per_query,
+        },
+        settings=settings,
+        extra={"stats": stats, "n_queries": n_queries, "query_uids": [q.uid for q in queries]},
+        **common,
+    )
+    say(f"scan: {n_queries} queries x 2 forwards, top {k} of {scores.numel()} heads -> {path}", config.quiet)
+    return ScanResult(scores, locations, False, stats)

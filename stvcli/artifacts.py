@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorsError
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from stvcli import __version__
@@ -128,7 +128,7 @@ def load_artifact(
         with safe_open(str(path), framework="pt") as handle:
             raw = handle.metadata() or {}
         tensors = load_file(str(path))
-    except (SafetensorsError, OSError, ValueError) as error:
+    except (SafetensorError, OSError, ValueError) as error:
         raise ArtifactError(f"{path} is not a readable safetensors file ({error}); delete it and rerun the stage") from None
     if raw.get("stv.kind") is None or raw.get("stv.schema") is None:
         raise ArtifactError(f"{path} is not an stv artifact (no stv metadata)")

@@ -87,6 +87,9 @@ def atomic_directory(target: Path) -> Iterator[Path]:
     ``target`` in one rename, on failure it is removed and ``target`` is left as it was."""
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)  # mkdtemp's 0700 would otherwise outlive the rename
     try:
         yield staging
         if target.exists():

@@ -1,0 +1,77 @@
+"""`stv demo`: the whole method, for real, on the shapes-world VLM, offline, in minutes.
+
+Builds what is missing (the backbone conversion and the shapes VLM, cached), then
+runs scan, bank, search and eval (zero-shot, ICL at 1/2/4/max shots, MTV, STV,
+mean-at-stv) with small settings, and writes results.json and the pictures.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from stvcli.config import ModelOptions
+from stvcli.data.options import DataOptions
+from stvcli.stages.common import get_adapter, say
+
+DEFAULT_TASK = "shapes-color"
+DEFAULT_BACKBONE = "smollm2"
+
+
+class DemoConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    workspace: Path = Path("runs/demo")
+    task: str = DEFAULT_TASK
+    backbone: str = DEFAULT_BACKBONE
+    quick: bool = False  # smoke-run sizes
+    force: bool = False
+    quiet: bool = False
+    seed: int = 0
+    max_icl_shots: int = 32  # cap for icl:max (the shapes prompts are short; see docs/shapes.md)
+
+
+def demo_sizes(quick: bool) -> dict[str, int]:
+    if quick:
+        return dict(queries=16, contexts=16, clusters=4, iterations=8, samples=8, mtv_iterations=8, eval_items=24)
+    return dict(queries=64, contexts=64, clusters=16, iterations=80, samples=16, mtv_iterations=120, eval_items=100)
+
+
+def run_demo(config: DemoConfig) -> dict[str, Any]:
+    from stvcli.data.context import shots_that_fit
+    from stvcli.data.loading import load_task_data
+    from stvcli.shapes.build import ensure_shapes_model
+    from stvcli.stages.bank import run_bank
+    from stvcli.stages.config import BankConfig, EvalConfig, MTVConfig, ScanConfig, SearchConfig
+    from stvcli.stages.evaluate import run_eval
+    from stvcli.stages.report import write_report
+    from stvcli.stages.scan import run_scan
+    from stvcli.stages.search import run_search
+
+    sizes = demo_sizes(config.quick)
+    say(f"demo: shapes world, backbone {config.backbone}, task {config.task} -> {config.workspace}", config.quiet)
+    model_dir = ensure_shapes_model(config.backbone, quiet=config.quiet)
+    model = ModelOptions(model=str(model_dir), dtype="float32")
+    data = DataOptions(data=f"shapes:{config.task}", task=config.task, seed=config.seed,
+                       eval_limit=sizes["eval_items"])
+    task_data = load_task_data(data)
+    common = dict(workspace=config.workspace, force=config.force, quiet=config.quiet)
+    run_scan(ScanConfig(model=model, data=data, queries=sizes["queries"], seed=config.seed,
+                        keep_contexts=sizes["contexts"], **common), task_data)
+    run_bank(BankConfig(clusters=sizes["clusters"], contexts=sizes["contexts"], seed=config.seed, **common))
+    run_search(SearchConfig(iterations=sizes["iterations"], samples=sizes["samples"], seed=config.seed, **common))
+
+    adapter = get_adapter(model)
+    task = task_data.task
+    fit = shots_that_fit(lambda p: int(adapter.encode([p])["attention_mask"].sum()), task, task_data.support,
+                         adapter.context_length - task.max_new_tokens)
+    max_shots = max(5, min(fit, config.max_icl_shots))
+    methods = ["zero-shot", "icl:1", "icl:2", "icl:4", f"icl:{max_shots}", "mtv", "stv", "mean-at-stv"]
+    report = run_eval(EvalConfig(methods=methods, log_samples=True, seed=config.seed,
+                                 mtv=MTVConfig(iterations=sizes["mtv_iterations"], samples=sizes["samples"],
+                                               seed=config.seed), **common))
+    pictures = write_report(config.workspace, config.workspace)
+    say("demo: wrote " + ", ".join(str(p) for p in [config.workspace / "results.json", *pictures]), config.quiet)
+    return report

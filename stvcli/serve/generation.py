@@ -1,0 +1,194 @@
+"""One batched generation with per-row controls, on top of ``model.generate``.
+
+Every row has its own token budget, stop strings, temperature/top-p and seed, and may
+stream its text. The batch runs ``generate`` greedily with the same arguments as
+``stvcli.scoring.generate``, so a greedy row gives exactly what ``scoring.generate``
+gives for that prompt and intervention. Sampled rows draw their token in a logits
+processor from their own seeded ``torch.Generator`` (on the CPU, so a seed gives the
+same draw on any device) and pin the scores to it, so greedy and sampled rows share a
+forward. A stopping criterion does the per-row bookkeeping: end of sequence, budget,
+stop strings, cancellation, and the streamed text (held back while it could still be
+the start of a stop string).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+
+from stvcli.engine import Intervention, applied
+from stvcli.models.base import ModelAdapter
+from stvcli.prompt import Prompt
+from stvcli.serve.schema import FinishReason
+
+
+@dataclass
+class Row:
+    """What one request asks of the model."""
+
+    prompt: Prompt
+    max_tokens: int
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0
+    seed: int | None = None
+    stops: Sequence[str] = ()
+    on_text: Callable[[str], None] | None = None  # called with each new piece of text (streaming)
+    is_cancelled: Callable[[], bool] = field(default=lambda: False)
+
+
+@dataclass
+class RowResult:
+    text: str
+    finish_reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int
+
+
+def generate_rows(
+    adapter: ModelAdapter,
+    inputs: dict[str, torch.Tensor],
+    rows: Sequence[Row],
+    intervention: Intervention | None = None,
+) -> list[RowResult]:
+    """Run ``rows`` (already encoded into ``inputs``, left padded) as one batch."""
+    tokenizer = adapter.tokenizer
+    tracker = _Tracker(rows, tokenizer, _eos_ids(adapter))
+    processors = LogitsProcessorList([_Sampler(rows)]) if any(r.temperature > 0 for r in rows) else None
+    with applied(adapter, intervention), torch.inference_mode():
+        adapter.model.generate(
+            **inputs,
+            max_new_tokens=max(r.max_tokens for r in rows),
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+            logits_processor=processors,
+            stopping_criteria=StoppingCriteriaList([tracker]),
+        )
+    prompt_tokens = inputs["attention_mask"].sum(1).tolist()
+    return [tracker.finish(b, int(n)) for b, n in enumerate(prompt_tokens)]
+
+
+def _eos_ids(adapter: ModelAdapter) -> set[int]:
+    """The end-of-sequence ids ``generate`` stops at (the generation config's)."""
+    eos = getattr(adapter.model.generation_config, "eos_token_id", None)
+    if eos is None:
+        return set()
+    return {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])}
+
+
+class _Sampler(LogitsProcessor):
+    """Temperature/top-p sampling per row from per-row generators; greedy rows untouched."""
+
+    def __init__(self, rows: Sequence[Row]) -> None:
+        self.rows = rows
+        self.generators = [
+            torch.Generator().manual_seed(row.seed if row.seed is not None else secrets.randbits(63))
+            for row in rows
+        ]
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        for b, row in enumerate(self.rows):
+            if row.temperature <= 0:
+                continue
+            probs = torch.softmax(scores[b].float().cpu() / row.temperature, dim=-1)
+            if row.top_p < 1.0:
+                probs = _nucleus(probs, row.top_p)
+            token = int(torch.multinomial(probs, 1, generator=self.generators[b]))
+            scores[b] = float("-inf")
+            scores[b, token] = 0.0
+        return scores
+
+
+def _nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Keep the smallest set of most likely tokens whose mass reaches ``top_p``."""
+    sorted_probs, order = probs.sort(descending=True)
+    before = sorted_probs.cumsum(0) - sorted_probs  # mass of the tokens ranked above
+    sorted_probs[before >= top_p] = 0.0
+    return torch.zeros_like(probs).scatter(0, order, sorted_probs)
+
+
+@dataclass
+class _RowState:
+    tokens: list[int] = field(default_factory=list)
+    finish_reason: FinishReason | None = None
+    text: str | None = None  # the final text once finished (cut at a stop string)
+    emitted: int = 0  # characters handed to on_text
+
+
+class _Tracker(StoppingCriteria):
+    """Collects each row's new tokens and decides, per row, when it is done."""
+
+    def __init__(self, rows: Sequence[Row], tokenizer, eos_ids: set[int]) -> None:
+        self.rows = rows
+        self.tokenizer = tokenizer
+        self.eos_ids = eos_ids
+        self.states = [_RowState() for _ in rows]
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+        new_tokens = input_ids[:, -1].tolist()
+        done = []
+        for b, (row, state, token) in enumerate(zip(self.rows, self.states, new_tokens, strict=True)):
+            if state.finish_reason is None:
+                self._step(row, state, token)
+            done.append(state.finish_reason is not None)
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+    def _step(self, row: Row, state: _RowState, token: int) -> None:
+        if row.is_cancelled():
+            self._close(row, state, "stop")
+            return
+        if token in self.eos_ids:
+            self._close(row, state, "stop")
+            return
+        state.tokens.append(token)
+        if row.stops or row.on_text is not None:
+            text = self._decode(state.tokens)
+            cut = _first_stop(text, row.stops)
+            if cut is not None:
+                self._close(row, state, "stop", text[:cut])
+                return
+            if row.on_text is not None:
+                safe = len(text) - _held_back(text, row.stops)
+                if safe > state.emitted:
+                    row.on_text(text[state.emitted:safe])
+                    state.emitted = safe
+        if len(state.tokens) >= row.max_tokens:
+            self._close(row, state, "length")
+
+    def _close(self, row: Row, state: _RowState, reason: FinishReason, text: str | None = None) -> None:
+        state.finish_reason = reason
+        state.text = text if text is not None else self._decode(state.tokens)
+        if row.on_text is not None and len(state.text) > state.emitted:
+            row.on_text(state.text[state.emitted:])
+            state.emitted = len(state.text)
+
+    def _decode(self, tokens: list[int]) -> str:
+        return self.tokenizer.decode(tokens, skip_special_tokens=True)
+
+    def finish(self, b: int, prompt_tokens: int) -> RowResult:
+        """Row b's result (a row ``generate`` stopped by its own length limit ends by length)."""
+        row, state = self.rows[b], self.states[b]
+        if state.finish_reason is None:
+            self._close(row, state, "length")
+        return RowResult(state.text or "", state.finish_reason, prompt_tokens, len(state.tokens))
+
+
+def _first_stop(text: str, stops: Sequence[str]) -> int | None:
+    """Where the earliest stop string starts in ``text``; None without one."""
+    found = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return min(found) if found else None
+
+
+def _held_back(text: str, stops: Sequence[str]) -> int:
+    """How many trailing characters not to stream yet: an unfinished UTF-8 character
+    (decoded as U+FFFD), or the longest tail that could still grow into a stop string."""
+    longest = len(text) - len(text.rstrip("\ufffd"))
+    for stop in stops:
+        for n in range(min(len(stop) - 1, len(text)), longest, -1):
+            if text.endswith(stop[:n]):
+                longest = n
+                break
+    return longest

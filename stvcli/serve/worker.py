@@ -1,0 +1,201 @@
+"""The batching queue: requests wait in an asyncio queue; one background task takes up
+to ``max_batch`` of them at a time and runs them on a single model thread.
+
+Each batch is split by insertion mode (a forward cannot mix ``replace`` and ``add``);
+bare-model rows join any group with a row mask that leaves them untouched, so requests
+for the bare model and for different vector sets share a forward. Results and streamed
+text go back to the event loop through each job's own asyncio queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections import deque
+from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from stvcli.models.base import ModelAdapter
+from stvcli.serve.catalog import VectorSet, batch_intervention
+from stvcli.serve.errors import ApiError, overloaded, server_error
+from stvcli.serve.generation import Row, RowResult, generate_rows
+
+log = logging.getLogger("stvcli.serve")
+
+
+@dataclass
+class Finished:
+    result: RowResult
+
+
+@dataclass
+class Failed:
+    error: ApiError
+
+
+Event = str | Finished | Failed  # a str is a piece of streamed text
+
+
+class Job:
+    """One request on its way through the worker; created on the event loop."""
+
+    def __init__(self, row: Row, vector_set: VectorSet | None, *, stream: bool = False) -> None:
+        self.vector_set = vector_set
+        self._loop = asyncio.get_running_loop()
+        self._events: asyncio.Queue[Event] = asyncio.Queue()
+        self._cancelled = threading.Event()
+        row.is_cancelled = self._cancelled.is_set
+        row.on_text = self.push if stream else None
+        self.row = row
+
+    @property
+    def model_id(self) -> str | None:
+        return None if self.vector_set is None else self.vector_set.id
+
+    def push(self, event: Event) -> None:
+        """Deliver an event from any thread."""
+        self._loop.call_soon_threadsafe(self._events.put_nowait, event)
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    async def events(self) -> AsyncIterator[Event]:
+        """Streamed text pieces, then one ``Finished`` or ``Failed``."""
+        while True:
+            event = await self._events.get()
+            yield event
+            if not isinstance(event, str):
+                return
+
+    async def result(self) -> RowResult:
+        async for event in self.events():
+            if isinstance(event, Finished):
+                return event.result
+            if isinstance(event, Failed):
+                raise event.error
+        raise server_error("the request ended without a result")  # pragma: no cover
+
+
+@dataclass
+class WorkerStats:
+    batches: int = 0
+    rows: int = 0
+    largest_batch: int = 0
+    recent: deque[tuple[str | None, ...]] = field(default_factory=lambda: deque(maxlen=64))  # model ids per forward
+
+    def record(self, jobs: Sequence[Job]) -> None:
+        self.batches += 1
+        self.rows += len(jobs)
+        self.largest_batch = max(self.largest_batch, len(jobs))
+        self.recent.append(tuple(job.model_id for job in jobs))
+
+
+class Worker:
+    def __init__(
+        self,
+        adapter: ModelAdapter,
+        *,
+        max_batch: int = 8,
+        max_queue: int = 256,
+        batch_wait_s: float = 0.005,
+        encode_lock: threading.Lock | None = None,
+    ) -> None:
+        self.adapter = adapter
+        self.max_batch = max_batch
+        self.max_queue = max_queue
+        self.batch_wait_s = batch_wait_s
+        self.encode_lock = encode_lock or threading.Lock()
+        self.stats = WorkerStats()
+        self._queue: asyncio.Queue[Job] | None = None
+        self._task: asyncio.Task | None = None
+        self._executor: ThreadPoolExecutor | None = None
+
+    # ------------------------------------------------------------------ event loop side
+    async def start(self) -> None:
+        self._queue = asyncio.Queue(self.max_queue)
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="stv-model")
+        self._task = asyncio.create_task(self._loop(), name="stv-batcher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def queued(self) -> int:
+        return 0 if self._queue is None else self._queue.qsize()
+
+    def submit(self, job: Job) -> None:
+        """Queue ``job``; a 503 (with Retry-After) when the queue is full."""
+        if self._queue is None:
+            raise server_error("the worker is not running")
+        try:
+            self._queue.put_nowait(job)
+        except asyncio.QueueFull:
+            raise overloaded() from None
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            jobs = await self._next_batch()
+            await loop.run_in_executor(self._executor, self._run, jobs)
+
+    async def _next_batch(self) -> list[Job]:
+        """The first waiting job plus whatever arrives within ``batch_wait_s``, up to ``max_batch``."""
+        assert self._queue is not None
+        jobs = [await self._queue.get()]
+        deadline = asyncio.get_running_loop().time() + self.batch_wait_s
+        while len(jobs) < self.max_batch:
+            if not self._queue.empty():
+                jobs.append(self._queue.get_nowait())
+                continue
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                break
+            try:
+                jobs.append(await asyncio.wait_for(self._queue.get(), remaining))
+            except asyncio.TimeoutError:
+                break
+        return jobs
+
+    # ------------------------------------------------------------------ model thread side
+    def _run(self, jobs: Sequence[Job]) -> None:
+        for group in split_by_mode([job for job in jobs if not job.cancelled]):
+            try:
+                with self.encode_lock:
+                    inputs = self.adapter.encode([job.row.prompt for job in group])
+                intervention = batch_intervention([job.vector_set for job in group])
+                results = generate_rows(self.adapter, inputs, [job.row for job in group], intervention)
+            except Exception as error:  # a bug or a device failure: answer 500, keep serving
+                log.exception("generation failed for a batch of %d", len(group))
+                for job in group:
+                    job.push(Failed(server_error(f"generation failed: {type(error).__name__}: {error}")))
+                continue
+            self.stats.record(group)
+            for job, result in zip(group, results, strict=True):
+                job.push(Finished(result))
+
+
+def split_by_mode(jobs: Sequence[Job]) -> list[list[Job]]:
+    """Groups that can share a forward: one per insertion mode, bare rows in the first."""
+    groups: dict[str, list[Job]] = {}
+    for job in jobs:
+        if job.vector_set is not None:
+            groups.setdefault(job.vector_set.mode, []).append(job)
+    bare = [job for job in jobs if job.vector_set is None]
+    ordered = list(groups.values())
+    if not ordered:
+        return [bare] if bare else []
+    ordered[0] = bare + ordered[0]
+    return ordered

@@ -133,8 +133,10 @@ class ModelAdapter:
         The last prompt token of every row is at position -1.
         """
         texts = [self.render_text(p.text, len(p.images)) for p in prompts]
-        images = [list(p.images) for p in prompts]
-        inputs = self._encode_batch(texts, images)
+        return self._encode_rendered(texts, prompts)
+
+    def _encode_rendered(self, texts: list[str], prompts: Sequence[Prompt]) -> dict[str, torch.Tensor]:
+        inputs = self._encode_batch(texts, [list(p.images) for p in prompts])
         return {k: (v.to(self.device) if isinstance(v, torch.Tensor) else v) for k, v in inputs.items()}
 
     def encode_with_answers(
@@ -145,9 +147,12 @@ class ModelAdapter:
         The answer's tokens are the last ``n[b]`` positions of row b; the last prompt
         token is at position ``-(n[b] + 1)``.
         """
-        full = [Prompt(p.text + a, p.images) for p, a in zip(prompts, answers, strict=True)]
-        prompt_inputs = self.encode(prompts)
-        full_inputs = self.encode(full)
+        # The answer follows the RENDERED prompt: with a chat template it belongs after the
+        # generation prompt (the assistant turn), not inside the user message.
+        rendered = [self.render_text(p.text, len(p.images)) for p in prompts]
+        full = [text + answer for text, answer in zip(rendered, answers, strict=True)]
+        prompt_inputs = self._encode_rendered(rendered, prompts)
+        full_inputs = self._encode_rendered(full, prompts)
         prompt_lengths = prompt_inputs["attention_mask"].sum(1)
         full_lengths = full_inputs["attention_mask"].sum(1)
         n_answer = (full_lengths - prompt_lengths).cpu()

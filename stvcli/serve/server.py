@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import logging
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 from stvcli.errors import StvError
 from stvcli.models.base import ModelAdapter
@@ -53,3 +59,31 @@ def serve(config: ServeConfig) -> None:
     catalog = app.state.catalog
     print(f"stv serve-local: http://{config.host}:{config.port}/v1 serving {', '.join(catalog.ids())}", flush=True)
     uvicorn.run(app, host=config.host, port=config.port, log_level=config.log_level)
+
+
+@contextmanager
+def background_server(app: Any, host: str = "127.0.0.1", port: int = 0, timeout_s: float = 30.0) -> Iterator[str]:
+    """Run ``app`` under uvicorn in a daemon thread (for tests and benchmarks); yields its base URL.
+
+    Port 0 picks a free port; the socket is bound before the server starts, so there is
+    no race for it.
+    """
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True, name="stv-uvicorn")
+    thread.start()
+    deadline = time.monotonic() + timeout_s
+    try:
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the server did not start")
+            time.sleep(0.01)
+        yield f"http://{host}:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout_s)
+        sock.close()

@@ -33,17 +33,20 @@ class BankResult:
     stats: dict[str, Any]
 
 
-def faiss_kmeans(points: np.ndarray, clusters: int, seed: int, niter: int = 25) -> tuple[np.ndarray, np.ndarray]:
+def faiss_kmeans(
+    points: np.ndarray, clusters: int, seed: int, niter: int = 25, nredo: int = 5
+) -> tuple[np.ndarray, np.ndarray]:
     """k-means of points [T, D] into ``clusters``: (centroids [M, D], counts [M]).
 
-    Uses FAISS (its GPU index when faiss-gpu and a GPU are present).
+    Uses FAISS (its GPU index when faiss-gpu and a GPU are present); keeps the best of
+    ``nredo`` seeded restarts, since one random start often lands in a poor optimum.
     """
     import faiss
 
     points = np.ascontiguousarray(points, dtype=np.float32)
     use_gpu = hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
     kmeans = faiss.Kmeans(
-        points.shape[1], clusters, niter=niter, seed=seed, gpu=use_gpu, verbose=False,
+        points.shape[1], clusters, niter=niter, nredo=nredo, seed=seed, gpu=use_gpu, verbose=False,
         min_points_per_centroid=1, max_points_per_centroid=1 << 20,
     )
     kmeans.train(points)

@@ -133,8 +133,11 @@ _ADAPTERS: dict[str, Any] = {}
 
 def get_adapter(options: Any) -> Any:
     """Load a model once per process (the demo and eval run several stages on one model)."""
+    from transformers.utils import logging as hf_logging
+
     from stvcli.models.loading import load_model
 
+    hf_logging.disable_progress_bar()
     key = options.model_dump_json()
     if key not in _ADAPTERS:
         _ADAPTERS[key] = load_model(options)

@@ -9,6 +9,7 @@ RL choice) and ``mean-all-heads`` (the many-shot mean at every head).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import subprocess
@@ -208,9 +209,9 @@ def run_eval(config: EvalConfig) -> dict[str, Any]:
     if vectors is not None:
         compare_fingerprints(vectors.fingerprint, adapter.fingerprint(), "the vectors file", vectors.model)
     builder = Interventions(config, adapter, task_data, vectors)
+    if hasattr(task_data.task, "variant"):
+        task_data.task = dataclasses.replace(task_data.task, variant=config.metric_variant)  # type: ignore
     task = task_data.task
-    if hasattr(task, "variant"):
-        task.variant = config.metric_variant  # type: ignore[attr-defined]
     results: list[MethodResult] = []
     build_stats: dict[str, Any] = {}
     for method in methods:

@@ -1,0 +1,1 @@
+"""Test beds that need no hub and no GPU (tiny random models of every family)."""

@@ -1,0 +1,58 @@
+"""The --data notation."""
+
+import pytest
+from pydantic import ValidationError
+
+from stvcli.data.options import DataOptions, parse_spec
+from stvcli.errors import DataError
+
+
+def test_hub_ids_with_revision_and_split():
+    spec = parse_spec("lmms-lab/VizWiz-VQA:val")
+    assert (spec.kind, spec.location, spec.split, spec.revision) == ("hub", "lmms-lab/VizWiz-VQA", "val", None)
+    spec = parse_spec("owner/name@refs/convert/parquet:train")
+    assert (spec.location, spec.revision, spec.split) == ("owner/name", "refs/convert/parquet", "train")
+    assert parse_spec("owner/name", revision="v2").revision == "v2"
+    assert parse_spec("owner/name@v1", revision="v2").revision == "v1"  # the spec's own revision wins
+    assert parse_spec("hf:owner/name:test").split == "test"
+
+
+def test_local_files_and_folders(tmp_path):
+    (tmp_path / "a.jsonl").write_text("{}\n")
+    (tmp_path / "b.json").write_text("[]")
+    (tmp_path / "folder" / "test").mkdir(parents=True)
+    assert parse_spec(str(tmp_path / "a.jsonl")).kind == "jsonl"
+    assert parse_spec(str(tmp_path / "b.json")).kind == "json"
+    folder = parse_spec(str(tmp_path / "folder"))
+    assert (folder.kind, folder.split) == ("imagefolder", None)
+    assert parse_spec(f"{tmp_path / 'folder'}:test").split == "test"
+    with pytest.raises(DataError, match="has no splits"):
+        parse_spec(f"{tmp_path / 'a.jsonl'}:train")
+    (tmp_path / "c.csv").write_text("x")
+    with pytest.raises(DataError, match=r"\.jsonl or \.json"):
+        parse_spec(str(tmp_path / "c.csv"))
+
+
+def test_missing_local_paths_are_not_taken_for_hub_ids(tmp_path):
+    with pytest.raises(DataError, match="no such file"):
+        parse_spec(str(tmp_path / "nope.jsonl"))
+    with pytest.raises(DataError, match="no such file"):
+        parse_spec("./data/nope")
+
+
+def test_plugin_prefix_and_bad_ids():
+    spec = parse_spec("shapes:colour", plugin_prefixes=("shapes",))
+    assert (spec.kind, spec.prefix, spec.location) == ("plugin", "shapes", "colour")
+    with pytest.raises(DataError, match="hub id"):
+        parse_spec("not a valid id!")
+    with pytest.raises(DataError, match="empty"):
+        parse_spec("  ")
+
+
+def test_data_options_validate():
+    options = DataOptions(task="vizwiz")
+    assert options.seed == 0 and options.data is None
+    with pytest.raises(ValidationError):
+        DataOptions(task="vizwiz", eval_limit=0)
+    with pytest.raises(ValidationError):
+        DataOptions(task="vizwiz", shots=3)

@@ -1,0 +1,167 @@
+"""Each stage against an independent small computation, on a tiny LLaVA model."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from stvcli.artifacts import load_artifact
+from stvcli.data.loading import load_task_data
+from stvcli.errors import StvError
+from stvcli.stages import evaluate as evaluate_module
+from stvcli.stages.bank import cluster_locations, run_bank
+from stvcli.stages.common import artifact_path, get_adapter
+from stvcli.stages.config import BankConfig, EvalConfig, MTVConfig, ScanConfig, SearchConfig
+from stvcli.stages.scan import many_shot_prompts, run_scan
+from stvcli.stages.search import run_search
+
+
+def o_proj_last_inputs(adapter, prompts) -> torch.Tensor:
+    """Independent of the engine: o_proj inputs at the last token, per prompt, [N, L, H, D]."""
+    rows = []
+    for prompt in prompts:
+        seen = {}
+        handles = [p.register_forward_hook(lambda m, a, o, i=i: seen.__setitem__(i, a[0][0, -1].clone()))
+                   for i, p in enumerate(adapter.projections)]
+        try:
+            with torch.no_grad():
+                adapter.model(**adapter.encode([prompt]))
+        finally:
+            for h in handles:
+                h.remove()
+        rows.append(torch.stack([seen[i] for i in range(len(seen))]).view(adapter.n_layers, adapter.n_heads, -1))
+    return torch.stack(rows).float()
+
+
+def scan_config(bed, workspace, **kw) -> ScanConfig:
+    return ScanConfig(model=bed["model"], data=bed["data"], workspace=workspace, shots=3, queries=8, top_k=5,
+                      seed=1, keep_contexts=8, batch_size=3, quiet=True, **kw)
+
+
+@pytest.fixture
+def scanned(bed, workspace):
+    result = run_scan(scan_config(bed, workspace))
+    return result
+
+
+def test_scan_scores_are_mean_l2_deltas(bed, workspace, scanned):
+    adapter = get_adapter(bed["model"])
+    data = load_task_data(bed["data"])
+    rng = random.Random(1)
+    queries = rng.sample(data.support, 8)
+    zero = o_proj_last_inputs(adapter, [data.task.build_prompt(q) for q in queries])
+    many = o_proj_last_inputs(adapter, many_shot_prompts(data.task, queries, data.support, 3, rng))
+    expected = (many - zero).norm(dim=-1).mean(0)
+    assert torch.allclose(scanned.scores, expected, atol=1e-4, rtol=1e-4)
+    flat = expected.flatten().argsort(descending=True)[:5]
+    assert {tuple(x) for x in scanned.locations.tolist()} == {(int(i) // adapter.n_heads, int(i) % adapter.n_heads) for i in flat}
+    scan = load_artifact(artifact_path(workspace, "scan"), "scan", fingerprint=adapter.fingerprint())
+    assert torch.allclose(scan["many_mean"], many.mean(0), atol=1e-4)
+
+
+def test_bank_centroids_are_kmeans_of_captured_activations(bed, workspace, scanned):
+    result = run_bank(BankConfig(workspace=workspace, clusters=4, contexts=8, quiet=True))
+    kept = load_artifact(artifact_path(workspace, "activations"), "activations")
+    bank, counts = cluster_locations(kept["activations"][:8], 4, seed=0)
+    assert torch.allclose(result.bank, bank) and torch.equal(result.counts, counts)
+    assert result.counts.sum(1).tolist() == [8] * 5
+    # every centroid is the mean of the points assigned to it (k-means fixed point, FAISS)
+    acts = kept["activations"][:8, 0]
+    nearest = torch.cdist(acts, result.bank[0]).argmin(1)
+    for m in nearest.unique():
+        assert torch.allclose(acts[nearest == m].mean(0), result.bank[0, m], atol=1e-3)
+
+
+def test_bank_runs_more_contexts_when_scan_kept_too_few(bed, workspace, scanned):
+    result = run_bank(BankConfig(workspace=workspace, clusters=4, contexts=11, quiet=True, batch_size=4))
+    assert result.counts.sum(1).tolist() == [11] * 5
+    assert result.stats["forwards"] == 3
+
+
+def test_bank_refuses_fewer_contexts_than_clusters(workspace):
+    with pytest.raises(StvError, match="k-means needs T >= M"):
+        run_bank(BankConfig(workspace=workspace, clusters=8, contexts=4))
+
+
+def test_stage_without_upstream_names_the_command(workspace):
+    with pytest.raises(StvError, match="stv scan"):
+        run_bank(BankConfig(workspace=workspace, clusters=2, contexts=4))
+    with pytest.raises(StvError, match="stv bank"):
+        run_search(SearchConfig(workspace=workspace))
+
+
+def test_reuse_and_force(bed, workspace, scanned):
+    assert run_scan(scan_config(bed, workspace)).reused
+    assert not run_scan(scan_config(bed, workspace, force=True)).reused
+    assert not run_scan(scan_config(bed, workspace, sensitivity="relative")).reused
+
+
+def test_search_resumes_after_interruption_to_the_same_result(bed, workspace, scanned, monkeypatch, tmp_path):
+    import stvcli.stages.search as search_module
+
+    run_bank(BankConfig(workspace=workspace, clusters=4, contexts=8, quiet=True))
+    config = SearchConfig(workspace=workspace, iterations=6, samples=4, checkpoint_every=2, quiet=True)
+    original = search_module.candidate_rewards
+    calls = {"n": 0}
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(search_module, "candidate_rewards", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_search(config)
+    assert artifact_path(workspace, "search-state").exists()
+    assert not artifact_path(workspace, "vectors").exists()
+    monkeypatch.setattr(search_module, "candidate_rewards", original)
+    resumed = run_search(config)
+    assert len(resumed.rewards) == 6
+    fresh = run_search(config.model_copy(update={"force": True}))
+    assert torch.allclose(resumed.logits, fresh.logits, atol=1e-5)
+    assert torch.equal(resumed.choices, fresh.choices)
+
+
+def test_eval_applies_exactly_the_vectors_it_read(bed, workspace, scanned, monkeypatch):
+    run_bank(BankConfig(workspace=workspace, clusters=4, contexts=8, quiet=True))
+    run_search(SearchConfig(workspace=workspace, iterations=2, samples=4, quiet=True))
+    vectors = load_artifact(artifact_path(workspace, "vectors"), "vectors")
+    seen = {}
+    original = evaluate_module.generate
+
+    def spy(adapter, prompts, max_new_tokens, intervention=None):
+        seen.setdefault("interventions", []).append(intervention)
+        return original(adapter, prompts, max_new_tokens, intervention)
+
+    monkeypatch.setattr(evaluate_module, "generate", spy)
+    report = evaluate_module.run_eval(EvalConfig(workspace=workspace, methods=["zero-shot", "stv"], limit=4,
+                                                 quiet=True, batch_size=4))
+    zero, stv = seen["interventions"]
+    assert zero is None
+    assert torch.equal(stv.vectors, vectors["vectors"]) and torch.equal(stv.locations, vectors["locations"])
+    assert stv.mode == "replace"
+    assert set(report["results"]["vqa"]) == {"zero-shot", "stv"}
+    assert report["results"]["vqa"]["stv"]["n"] == 4
+
+
+def test_eval_runs_every_method_and_writes_results(bed, workspace, scanned, tmp_path):
+    run_bank(BankConfig(workspace=workspace, clusters=4, contexts=8, quiet=True))
+    run_search(SearchConfig(workspace=workspace, iterations=2, samples=4, quiet=True))
+    methods = ["zero-shot", "icl:2", "stv", "stv+icl:1", "mtv", "random-locations", "mean-at-stv", "mean-all-heads"]
+    out = tmp_path / "out"
+    report = evaluate_module.run_eval(EvalConfig(
+        workspace=workspace, methods=methods, limit=3, quiet=True, log_samples=True, output_path=out,
+        mtv=MTVConfig(iterations=2, samples=4, holdout=4, best_of=3)))
+    assert list(report["results"]["vqa"]) == methods
+    for summary in report["results"]["vqa"].values():
+        assert summary["n"] == 3 and 0 <= summary["ci_low"] <= summary["accuracy"] <= summary["ci_high"] <= 1
+    assert (out / "results.json").exists()
+    lines = (out / "samples_vqa.jsonl").read_text().splitlines()
+    assert len(lines) == 3 * len(methods)
+    assert {"scan", "bank", "search", "mtv", "eval"} <= set(report["stages"])
+    assert report["stages"]["scan"]["forwards"] == 16
+    mtv = load_artifact(artifact_path(workspace, "mtv"), "mtv")
+    assert mtv["means"].shape[:2] == mtv["logits"].shape

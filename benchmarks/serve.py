@@ -7,7 +7,7 @@ inserting task vectors compared with the bare model.
 
 The server runs in this process (uvicorn on a loopback port, real HTTP); each point is
 the best of ``--repeats`` runs (timings on shared machines are noisy). "overhead" is
-the vectors run's time per request over the bare model's, minus one. "mixed" sends
+the vectors run's time per generated token over the bare model's, minus one. "mixed" sends
 half bare and half vectors requests, which share forwards.
 """
 
@@ -87,12 +87,10 @@ async def drive(url: str, models: list[str], n: int, concurrency: int, max_token
         return time.perf_counter() - start, tokens, latencies
 
 
-def measure(url: str, workload: str, models: list[str], n: int, concurrency: int, max_tokens: int,
-            repeats: int) -> Point:
-    runs = [asyncio.run(drive(url, models, n, concurrency, max_tokens)) for _ in range(repeats)]
+def best_point(workload: str, concurrency: int, runs: list[tuple[float, int, list[float]]]) -> Point:
     seconds, tokens, latencies = min(runs, key=lambda run: run[0])
-    return Point(workload, concurrency, n, seconds, n / seconds, tokens / seconds,
-                 statistics.median(latencies) * 1000)
+    n = len(latencies)
+    return Point(workload, concurrency, n, seconds, n / seconds, tokens / seconds, statistics.median(latencies) * 1000)
 
 
 def direct_ms(adapter: ModelAdapter, max_tokens: int, repeats: int) -> float:
@@ -111,13 +109,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vectors", type=Path, help="a real vectors file (loads its model)")
     parser.add_argument("--model", help="model to load with --vectors (default: the vectors' model)")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--requests", type=int, default=48)
+    parser.add_argument("--requests", type=int, default=32)
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--max-batch", type=int, default=16)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's own)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory() as scratch:
         if args.vectors is None:
@@ -134,17 +135,19 @@ def main(argv: list[str] | None = None) -> int:
         catalog = app.state.catalog
         bare, served = catalog.base_id, catalog.ids()[1]
         baseline_ms = direct_ms(adapter, args.max_tokens, args.repeats)
-        points: list[Point] = []
+        workloads = {"bare": [bare], "vectors": [served], "mixed": [bare, served]}
+        runs: dict[tuple[str, int], list] = {(w, c): [] for c in args.concurrency for w in workloads}
         with background_server(app) as url:
             asyncio.run(drive(url, [bare, served], 4, 2, args.max_tokens))  # warm up
-            for concurrency in args.concurrency:
-                for workload, models in (("bare", [bare]), ("vectors", [served]), ("mixed", [bare, served])):
-                    points.append(measure(url, workload, models, args.requests, concurrency, args.max_tokens,
-                                          args.repeats))
+            for _ in range(args.repeats):  # interleaved, so a slow spell hits every workload alike
+                for workload, concurrency in runs:
+                    runs[(workload, concurrency)].append(
+                        asyncio.run(drive(url, workloads[workload], args.requests, concurrency, args.max_tokens)))
+        points = [best_point(w, c, found) for (w, c), found in runs.items()]
     overhead = {}
     for concurrency in args.concurrency:
         by = {p.workload: p for p in points if p.concurrency == concurrency}
-        overhead[concurrency] = by["vectors"].seconds / by["bare"].seconds - 1
+        overhead[concurrency] = by["bare"].tokens_per_s / by["vectors"].tokens_per_s - 1  # time per token
     report = {"model": catalog.base_id, "device": str(adapter.device), "max_tokens": args.max_tokens,
               "max_batch": args.max_batch, "direct_generate_ms": baseline_ms,
               "points": [asdict(p) for p in points], "insertion_overhead": overhead}
@@ -159,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {p.workload} | {p.concurrency} | {p.requests_per_s:.1f} | {p.tokens_per_s:.0f} | {p.p50_latency_ms:.0f} |")
     print()
     for concurrency, value in overhead.items():
-        print(f"insertion overhead at concurrency {concurrency}: {value * 100:+.1f}% time per request")
+        print(f"insertion overhead at concurrency {concurrency}: {value * 100:+.1f}% time per token")
     return 0
 
 

@@ -26,7 +26,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-out = Console()
+# Wide when piped, so tables and paths are not folded into 80 columns.
+out = Console(width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True)
 
 
@@ -135,7 +136,7 @@ def models_command(as_json: JsonOpt = False) -> None:
 
     table = Table("short name", "hub id", "family", "architectures")
     for row in rows:
-        table.add_row(row.get("short_name") or "", row.get("hub_id") or "", row["family"],
+        table.add_row(row.get("name") or "", row.get("hub_id") or "", row["family"],
                       ", ".join(row.get("architectures", [])))
     out.print(table)
 

@@ -14,7 +14,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from stvcli.data.episodes import seeded_rng
+from stvcli.data.sampling import seeded_rng
 from stvcli.data.types import Item, Task
 from stvcli.errors import DataError
 from stvcli.prompt import Prompt

@@ -13,7 +13,6 @@ images (``build_episodes``).
 
 from __future__ import annotations
 
-import random
 import string
 from collections import defaultdict
 from collections.abc import Sequence
@@ -23,15 +22,11 @@ from typing import Any
 
 from stvcli.data.images import FileImage, check_files_exist, image_keys, resolve_path
 from stvcli.data.options import DataOptions, SourceSpec
+from stvcli.data.sampling import seeded_rng
 from stvcli.data.types import ImageRef, Item, TaskKind
 from stvcli.errors import DataError
 
 LETTERS = string.ascii_uppercase
-
-
-def seeded_rng(seed: int, *parts: object) -> random.Random:
-    """A Random stream named by ``seed`` and ``parts`` (stable across runs and machines)."""
-    return random.Random(":".join(["stv", str(seed), *map(str, parts)]))
 
 
 def letter_order(seed: int, uid: str, n_classes: int) -> list[int]:

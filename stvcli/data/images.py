@@ -16,7 +16,7 @@ from typing import Any
 
 from PIL import Image
 
-from stvcli.data.types import ImageRef, Item
+from stvcli.data.types import ImageRef, Item, load_image
 from stvcli.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -124,8 +124,6 @@ def check_files_exist(paths: list[str], label: str) -> None:
 
 def check_readable(items: list[Item]) -> None:
     """Decode every image of the given items (own and episode support images) once."""
-    from stvcli.data.types import load_image
-
     for item in items:
         refs = list(item.images) + [ref for ref, _ in item.fields.get("support", ())]
         for ref in refs:

@@ -6,7 +6,8 @@ Split rule (docs/data.md):
    Otherwise both come from ``--data``.
 2. Splits: ``--support-split`` / ``--eval-split``, else the spec's ``:split`` (for both
    roles when there is no ``--eval-data``), else the preset's, else ``train`` for
-   support and the first of validation, val, valid, dev, test, testing for evaluation.
+   support and the first of validation, val, valid, dev, test, testing for evaluation
+   (never the split named for the other role while another exists).
 3. Both roles on the same split of the same source (or a source without splits): a
    seeded split of it. Evaluation takes ``--eval-limit`` items (at most half) or half;
    support takes the rest. Duplicates (same image and question) stay on one side.
@@ -25,9 +26,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from stvcli.data.episodes import build_episodes, seeded_rng, split_classes
+from stvcli.data.episodes import build_episodes, split_classes
 from stvcli.data.images import check_readable, image_keys
 from stvcli.data.options import DataOptions, SourceSpec, parse_spec
+from stvcli.data.sampling import seeded_rng
 from stvcli.data.sources import Source, get_source_loader, open_source, source_prefixes
 from stvcli.data.tasks import get_task
 from stvcli.data.types import Item, Task, TaskData
@@ -93,7 +95,9 @@ def check_support_size(data: TaskData, shots: int, queries_from_support: bool = 
 def _from_sources(task: Task, spec: SourceSpec, options: DataOptions) -> tuple[list[Item], list[Item], dict[str, Any]]:
     support_source = open_source(spec, options)
     if options.eval_data:
-        eval_spec = parse_spec(options.eval_data, (), options.revision)
+        eval_spec = parse_spec(options.eval_data, source_prefixes(), options.revision)
+        if eval_spec.kind == "plugin":
+            raise DataError(f"--eval-data {eval_spec.raw}: a registered source gives both sets; pass it as --data")
         same = (eval_spec.kind, eval_spec.location, eval_spec.revision) == (spec.kind, spec.location, spec.revision)
         eval_source = support_source if same else open_source(eval_spec, options)
         want_support, want_eval = options.support_split or spec.split, options.eval_split or eval_spec.split
@@ -104,7 +108,12 @@ def _from_sources(task: Task, spec: SourceSpec, options: DataOptions) -> tuple[l
     eval_split = _pick_split(eval_source, want_eval, EVAL_SPLITS, eval_source.default_eval_split, avoid=avoid)
     if same:
         support_split = _pick_split(
-            support_source, want_support, SUPPORT_SPLITS, support_source.default_support_split, fallback=eval_split
+            support_source,
+            want_support,
+            SUPPORT_SPLITS,
+            support_source.default_support_split,
+            avoid=want_eval,
+            fallback=None if want_eval else eval_split,
         )
     else:
         support_split = _pick_split(support_source, want_support, SUPPORT_SPLITS + EVAL_SPLITS, support_source.default_support_split)
@@ -164,8 +173,7 @@ def _split_one(task: Task, items: list[Item], holds_episodes: bool, options: Dat
     if task.kind != "episode":
         return split_items(items, options.seed, options.eval_limit)
     if holds_episodes:
-        support_pos, eval_pos = split_classes([item.fields["label"] for item in items], options.seed)
-        keep = set(eval_pos)
+        keep = set(split_classes([item.fields["label"] for item in items], options.seed)[1])
         return [i for i in items if i.fields["label"] not in keep], [i for i in items if i.fields["label"] in keep]
     support_pool, eval_pool = split_items(items, options.seed, None)
     return _episode_sets(task, support_pool, eval_pool, False, False, options.seed)

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 import torch
+from torch import nn
 from transformers import (
     AutoConfig,
     AutoImageProcessor,
@@ -173,6 +174,31 @@ def _load_processor(cls: type[ModelAdapter], config: Any, source: ModelSource, h
     return processor
 
 
+def _load_gguf(source: ModelSource, config: Any, dtype: torch.dtype) -> nn.Module:
+    """A causal LM dequantized from a GGUF file, without ``accelerate`` (which
+    ``from_pretrained(gguf_file=...)`` insists on): build from the config, copy the tensors in."""
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+    assert source.gguf_file is not None
+    path = str(Path(source.location) / source.gguf_file)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    try:
+        tensors = load_gguf_checkpoint(path, return_tensors=True, model_to_load=model)["tensors"]
+    except (OSError, ValueError, KeyError) as error:
+        raise ModelError(f"cannot read GGUF file {path!r}: {_one_line(error)}") from error
+    result = model.load_state_dict(tensors, strict=False)
+    tied = getattr(config, "tie_word_embeddings", False)
+    missing = [key for key in result.missing_keys if not (tied and key == "lm_head.weight")]
+    if missing or result.unexpected_keys:
+        raise ModelError(
+            f"GGUF file {path!r} does not fit its own config (missing {missing[:3]}, unexpected {result.unexpected_keys[:3]})"
+        )
+    model.tie_weights()
+    return model.eval()
+
+
 def load_model(options: ModelOptions) -> ModelAdapter:
     """Load ``options.model`` (short name, hub id, directory or .gguf) and wrap it in its adapter."""
     source = resolve_source(options.model)
@@ -186,7 +212,10 @@ def load_model(options: ModelOptions) -> ModelAdapter:
         placement: dict[str, Any] = {"device_map": options.device_map, "max_memory": options.max_memory}
     else:
         placement = {"device_map": device} if device != "cpu" else {}
-    model = _fetch(model_class.from_pretrained, source, "weights", config=config, dtype=dtype, **placement, **hub)
+    if source.gguf_file:
+        model = _load_gguf(source, config, dtype).to(device)
+    else:
+        model = _fetch(model_class.from_pretrained, source, "weights", config=config, dtype=dtype, **placement, **hub)
     processor = _load_processor(cls, config, source, hub)
     return cls(
         model,

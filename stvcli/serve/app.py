@@ -130,11 +130,11 @@ def create_app(
                               param="messages", code="invalid_prompt") from None
         max_tokens = _token_budget(chat.requested_max_tokens, prompt_tokens, adapter.context_length,
                                    config.default_max_tokens)
-        row = Row(prompt, max_tokens, chat.temperature, chat.top_p, chat.seed, chat.stops)
-        job = Job(row, target, stream=chat.stream)
+        row = Row(prompt, max_tokens, chat.sampling_temperature, chat.nucleus, chat.seed, chat.stops)
+        job = Job(row, target, stream=chat.streaming)
         worker.submit(job)
         completion_id, model = new_completion_id(), chat.model
-        if chat.stream:
+        if chat.streaming:
             return StreamingResponse(_sse(job, completion_id, model, chat.include_usage),
                                      media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         result = await job.result()

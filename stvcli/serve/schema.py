@@ -65,13 +65,13 @@ class ChatRequest(BaseModel):
     messages: list[Message] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
-    temperature: float = Field(0.0, ge=0.0, le=2.0)  # 0 (the default here): greedy
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    temperature: float | None = Field(None, ge=0.0, le=2.0)  # None or 0: greedy (unlike OpenAI's default of 1)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
     stop: str | list[str] | None = None
     seed: int | None = None
-    stream: bool = False
+    stream: bool | None = False
     stream_options: StreamOptions | None = None
-    n: int = Field(1, ge=1, le=1)
+    n: int | None = Field(None, ge=1, le=1)  # one choice per request
 
     @field_validator("stop")
     @classmethod
@@ -82,6 +82,18 @@ class ChatRequest(BaseModel):
         if len(stops) > 16 or any(not s for s in stops):
             raise ValueError("stop must be up to 16 non-empty strings")
         return stops
+
+    @property
+    def sampling_temperature(self) -> float:
+        return self.temperature or 0.0
+
+    @property
+    def nucleus(self) -> float:
+        return self.top_p or 1.0
+
+    @property
+    def streaming(self) -> bool:
+        return bool(self.stream)
 
     @property
     def stops(self) -> list[str]:

@@ -64,6 +64,14 @@ class SearchConfig(StageOptions):
     checkpoint_every: int = 25
     seed: int = 0
 
+    @model_validator(mode="after")
+    def _enough_samples(self) -> "SearchConfig":
+        if self.samples < 2:
+            raise ValueError("--samples must be at least 2 (the advantage compares samples)")
+        if self.iterations < 1 or self.queries_per_iteration < 1:
+            raise ValueError("--iterations and --queries-per-iteration must be at least 1")
+        return self
+
 
 class MTVConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")

@@ -80,8 +80,6 @@ def run_search(config: SearchConfig) -> SearchResult:
         return SearchResult(done["vectors"], done["choices"], done["logits"], extra.get("rewards", []), True,
                             extra.get("stats", {}))
 
-    if config.samples < 2:
-        raise StvError("--samples must be at least 2 (the advantage compares samples)")
     bank, counts = bank_artifact["bank"], bank_artifact["counts"]
     locations, baseline = bank_artifact["locations"], bank_artifact["baseline"]
     adapter = get_adapter(ModelOptions(**upstream["model"]))

@@ -101,6 +101,8 @@ def test_image_folder_splits(split_folder):
     assert data.source["support"]["split"] == "test"
     data = load(task="classification", data=str(split_folder), support_split="test")
     assert (data.source["support"]["split"], data.source["evaluation"]["split"]) == ("test", "train")
+    data = load(task="classification", data=str(split_folder), eval_split="train")
+    assert (data.source["support"]["split"], data.source["evaluation"]["split"]) == ("test", "train")
     with pytest.raises(DataError, match="no split 'dev'"):
         load(task="classification", data=str(split_folder), eval_split="dev")
 
@@ -273,6 +275,12 @@ def test_registered_source_hands_over_items(plugin_registry):
         plugin_registry.register_source("shapes", loader)
     with pytest.raises(ValueError, match="bad source prefix"):
         plugin_registry.register_source("hf", loader)
+
+
+def test_registered_source_is_not_an_eval_source(plugin_registry, vqa_jsonl):
+    plugin_registry.register_source("mem", lambda options: (memory_items("s", 4), memory_items("e", 4, 50)))
+    with pytest.raises(DataError, match="pass it as --data"):
+        load(task="vqa", data=str(vqa_jsonl), eval_data="mem:x")
 
 
 def test_registered_source_overlap_is_checked(plugin_registry):

@@ -1,5 +1,6 @@
 """Prompt templates, targets, extraction, scoring, sampling and the task registry."""
 
+import dataclasses
 import random
 
 import pytest
@@ -74,6 +75,9 @@ def test_vqa_variant_is_a_task_parameter():
     item = Item("1", "q", ("yes",) * 10, (image(),))
     assert VQATask(name="x", variant="official").score("Yes", item) == 0.0
     assert VQATask(name="x").score("Yes", item) == 1.0
+    official = dataclasses.replace(get_task("vizwiz"), variant="official")
+    assert official.score("Yes", item) == 0.0 and official.instruction == VIZWIZ_INSTRUCTION
+    assert get_task("vizwiz").variant == "standard"  # the registered task is untouched
 
 
 def test_text_task_uses_x_colon_y_lines():

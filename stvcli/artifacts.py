@@ -35,6 +35,7 @@ KINDS: dict[str, dict[str, int]] = {
     "mtv": {"means": 3, "locations": 2, "logits": 2},
     "activations": {"activations": 3, "locations": 2},
     "search-state": {"logits": 2},
+    "shard": {},  # one rank's partial result of a data-parallel stage (W/shards/)
 }
 
 # The command that produces each kind, for "run X first" messages.

@@ -114,12 +114,15 @@ def model_options(model: str, dtype: str, device: str, device_map: str | None, p
                         projection_pattern=projection_pattern)
 
 
-def data_options(data: str | None, task: str, eval_data: str | None, image_root: str | None, columns: str | None,
-                 seed: int, eval_limit: int | None = None):
+def data_options(data: str | None, task: str, eval_data: str | None = None, image_root: str | None = None,
+                 columns: str | None = None, seed: int = 0, eval_limit: int | None = None,
+                 support_split: str | None = None, eval_split: str | None = None, revision: str | None = None,
+                 support_limit: int | None = None):
     from stvcli.data.options import DataOptions
 
     return DataOptions(data=data, task=task, eval_data=eval_data, image_root=image_root,
-                       columns=parse_columns(columns), seed=seed, eval_limit=eval_limit)
+                       columns=parse_columns(columns), seed=seed, eval_limit=eval_limit, support_split=support_split,
+                       eval_split=eval_split, revision=revision, support_limit=support_limit)
 
 
 # ---------------------------------------------------------------- listing
@@ -169,6 +172,11 @@ def scan_command(
     eval_data: Annotated[Optional[str], typer.Option("--eval-data", help="Separate evaluation source (else a disjoint split of --data).")] = None,
     image_root: Annotated[Optional[str], typer.Option("--image-root", help="Image root for episode files.")] = None,
     columns: Annotated[Optional[str], typer.Option("--columns", help="Column mapping field=column,...")] = None,
+    support_split: Annotated[Optional[str], typer.Option("--support-split", help="Split the support pool comes from.")] = None,
+    eval_split: Annotated[Optional[str], typer.Option("--eval-split", help="Split the evaluation items come from.")] = None,
+    revision: Annotated[Optional[str], typer.Option("--revision", help="Hub revision of the data set.")] = None,
+    support_limit: Annotated[Optional[int], typer.Option("--support-limit", help="Use at most N support items.")] = None,
+    eval_limit: Annotated[Optional[int], typer.Option("--eval-limit", help="Hold out at most N evaluation items.")] = None,
     shots: Annotated[Optional[int], typer.Option("--shots", help="Demonstrations per many-shot prompt (task default).")] = None,
     queries: Annotated[int, typer.Option("--queries", help="Support queries scanned (2 forwards each).")] = 100,
     top_k: Annotated[Optional[int], typer.Option("--top-k", help="Heads kept.")] = None,
@@ -190,7 +198,8 @@ def scan_command(
 
     config = ScanConfig(
         model=model_options(model, dtype, device, device_map, projection_pattern),
-        data=data_options(data, task, eval_data, image_root, columns, seed),
+        data=data_options(data, task, eval_data, image_root, columns, seed, eval_limit, support_split, eval_split,
+                          revision, support_limit),
         workspace=workspace, shots=shots, queries=queries, top_k=top_k, top_frac=top_frac,
         sensitivity=sensitivity, seed=seed, batch_size=parse_batch_size(batch_size), force=force, quiet=quiet,
     )
@@ -282,7 +291,7 @@ def eval_command(
         output_path=output_path, log_samples=log_samples, insert=insert, metric_variant=metric_variant, seed=seed,
         batch_size=parse_batch_size(batch_size), force=force, quiet=quiet,
         model=model_options(model, "auto", "auto", None) if model else None,
-        data=data_options(data, task, None, None, None, seed) if task else None,
+        data=data_options(data, task, seed=seed) if task else None,
         mtv=MTVConfig(iterations=mtv_iterations, seed=seed),
     )
     report = run_eval(config)

@@ -45,7 +45,7 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     from stvcli.shapes.build import ensure_shapes_model
     from stvcli.stages.bank import run_bank
     from stvcli.stages.config import BankConfig, EvalConfig, MTVConfig, ScanConfig, SearchConfig
-    from stvcli.stages.evaluate import run_eval
+    from stvcli.stages.evaluate import run_eval, token_counter
     from stvcli.stages.report import write_report
     from stvcli.stages.scan import run_scan
     from stvcli.stages.search import run_search
@@ -65,8 +65,7 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
 
     adapter = get_adapter(model)
     task = task_data.task
-    fit = shots_that_fit(lambda p: int(adapter.encode([p])["attention_mask"].sum()), task, task_data.support,
-                         adapter.context_length - task.max_new_tokens)
+    fit = shots_that_fit(token_counter(adapter), task, task_data.support, adapter.context_length)
     max_shots = max(5, min(fit, config.max_icl_shots))
     methods = ["zero-shot", "icl:1", "icl:2", "icl:4", f"icl:{max_shots}", "mtv", "stv", "mean-at-stv"]
     report = run_eval(EvalConfig(methods=methods, log_samples=True, seed=config.seed,

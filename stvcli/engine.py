@@ -69,8 +69,9 @@ class Capture:
         """[B, L, H, D] float32 when capturing all heads, else [B, K, D] in ``locations`` order."""
         if len(self._store) != len(self._groups):
             raise RuntimeError("no forward pass ran inside the capturing() block")
-        if self.locations is None:
-            return torch.stack([self._store[layer] for layer in sorted(self._store)], dim=1)
+        if self.locations is None:  # layers may sit on different devices (device_map sharding)
+            device = self._store[min(self._store)].device
+            return torch.stack([self._store[layer].to(device) for layer in sorted(self._store)], dim=1)
         first = next(iter(self._store.values()))
         out = first.new_empty(first.shape[0], len(self.locations), self.adapter.head_dim)
         for layer, (_, rows) in self._groups.items():
@@ -79,11 +80,15 @@ class Capture:
 
 
 @contextmanager
-def capturing(adapter: ModelAdapter, locations: torch.Tensor | None = None) -> Iterator[Capture]:
+def capturing(
+    adapter: ModelAdapter, locations: torch.Tensor | None = None, positions: torch.Tensor | None = None
+) -> Iterator[Capture]:
     """Record the last-token head activations of the first forward pass inside the block.
 
-    locations: [K, 2] (layer, head) or None for every head. Hooks are removed on exit,
-    also when the block raises.
+    locations: [K, 2] (layer, head) or None for every head. positions: [B] the column
+    to read in each row (default -1, the last token of a left-padded batch; right-padded
+    passes such as ``stvcli.prefix.capture_shared`` give each row's last real token).
+    Hooks are removed on exit, also when the block raises.
     """
     if locations is not None:
         locations = torch.as_tensor(locations, dtype=torch.long)
@@ -98,13 +103,21 @@ def capturing(adapter: ModelAdapter, locations: torch.Tensor | None = None) -> I
 
     def make_hook(layer: int, heads: torch.Tensor):
         heads_on_device: dict[torch.device, torch.Tensor] = {}
+        columns_on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
         take_all = locations is None
 
         def hook(module, args):
             if layer in capture._store:
                 return None
             x = args[0]
-            last = x[:, -1].reshape(x.shape[0], n_heads, head_dim)
+            if positions is None:
+                last = x[:, -1]
+            else:
+                if x.device not in columns_on_device:
+                    columns_on_device[x.device] = (torch.arange(x.shape[0], device=x.device), positions.to(x.device))
+                rows, columns = columns_on_device[x.device]
+                last = x[rows, columns]
+            last = last.reshape(x.shape[0], n_heads, head_dim)
             if not take_all:
                 index = heads_on_device.setdefault(x.device, heads.to(x.device))
                 last = last.index_select(1, index)
@@ -153,17 +166,28 @@ def inserting(
     handles = []
 
     def make_hook(layer: int, heads: torch.Tensor, rows: torch.Tensor):
-        module = adapter.projections[layer]
-        device, dtype = module.weight.device, module.weight.dtype
-        heads = heads.to(device)
-        values = vectors.index_select(-2, rows.to(vectors.device)).to(device=device, dtype=dtype)
-        tail = None if trailing is None else torch.as_tensor(trailing, device=device).long()
-        keep = None if row_mask is None else row_mask.index_select(1, rows.to(row_mask.device)).to(device)
-        if keep is not None:
-            keep = keep[:, :, None]  # [B, k, 1]
+        # Moved to the device and dtype of the projection's input on first use: under
+        # device_map sharding each layer has its own device (and with CPU/disk offload
+        # the weight sits on "meta" until accelerate loads it, so the input is the truth).
+        selected = vectors.index_select(-2, rows.to(vectors.device))
+        selected_keep = None if row_mask is None else row_mask.index_select(1, rows.to(row_mask.device))
+        placed: dict[tuple[torch.device, torch.dtype], tuple] = {}
+
+        def place(device: torch.device, dtype: torch.dtype):
+            if (device, dtype) not in placed:
+                keep = None if selected_keep is None else selected_keep.to(device)[:, :, None]  # [B, k, 1]
+                placed[(device, dtype)] = (
+                    heads.to(device),
+                    selected.to(device=device, dtype=dtype),
+                    None if trailing is None else torch.as_tensor(trailing, device=device).long(),
+                    keep,
+                )
+            return placed[(device, dtype)]
 
         def hook(module, args):
             x = args[0]
+            device = x.device
+            heads, values, tail, keep = place(device, x.dtype)
             batch, seq = x.shape[0], x.shape[1]
             if values.ndim == 3 and values.shape[0] != batch:
                 raise ValueError(f"per-row vectors for {values.shape[0]} rows, but the batch has {batch}")

@@ -129,14 +129,18 @@ def _fetch(load: Callable[..., T], source: ModelSource, what: str, **kwargs: Any
             f"cannot load the {what} of {source.location!r}: {_one_line(error)} "
             "(check the hub id or pass a local model directory)"
         ) from error
+    except Exception as error:
+        if source.gguf_file:  # a truncated or foreign file fails in the GGUF reader with anything
+            raise ModelError(f"cannot read GGUF file {source.gguf_file!r}: {_one_line(error)}") from error
+        raise
 
 
 def _device(requested: str) -> str:
-    if requested == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+    from stvcli import distributed
+
     if requested.startswith("cuda") and not torch.cuda.is_available():
         raise ModelError(f"device {requested!r} requested but CUDA is not available; pass --device cpu")
-    return requested
+    return distributed.device(requested)  # under torchrun, auto/cuda -> cuda:LOCAL_RANK
 
 
 def _dtype(requested: str, device: str, device_map: str | None) -> torch.dtype:
@@ -204,18 +208,22 @@ def load_model(options: ModelOptions) -> ModelAdapter:
     source = resolve_source(options.model)
     device = _device(options.device)
     dtype = _dtype(options.dtype, device, options.device_map)
-    hub = {"revision": options.revision, "trust_remote_code": options.trust_remote_code or None}
+    hub = {"revision": options.revision, "trust_remote_code": options.trust_remote_code}
     config = _fetch(AutoConfig.from_pretrained, source, "config", **hub)
-    cls = adapter_class(getattr(config, "architectures", None))
     model_class = AutoModelForImageTextToText if is_vision_config(config) else AutoModelForCausalLM
     if options.device_map is not None:
-        placement: dict[str, Any] = {"device_map": options.device_map, "max_memory": options.max_memory}
+        from stvcli.distributed import rank_max_memory
+
+        # under torchrun with several processes per node, each rank shards over its own GPUs
+        placement: dict[str, Any] = {"device_map": options.device_map,
+                                     "max_memory": rank_max_memory(options.max_memory)}
     else:
         placement = {"device_map": device} if device != "cpu" else {}
     if source.gguf_file:
         model = _load_gguf(source, config, dtype).to(device)
     else:
         model = _fetch(model_class.from_pretrained, source, "weights", config=config, dtype=dtype, **placement, **hub)
+    cls = adapter_class(getattr(config, "architectures", None) or [type(model).__name__])  # GGUF configs have none
     processor = _load_processor(cls, config, source, hub)
     return cls(
         model,

@@ -42,6 +42,7 @@ class Job:
     """One request on its way through the worker; created on the event loop."""
 
     def __init__(self, row: Row, vector_set: VectorSet | None, *, stream: bool = False) -> None:
+        """Binds ``row``'s callbacks to this job: streamed text and cancellation."""
         self.vector_set = vector_set
         self._loop = asyncio.get_running_loop()
         self._events: asyncio.Queue[Event] = asyncio.Queue()
@@ -149,7 +150,12 @@ class Worker:
         loop = asyncio.get_running_loop()
         while True:
             jobs = await self._next_batch()
-            await loop.run_in_executor(self._executor, self._run, jobs)
+            try:
+                await loop.run_in_executor(self._executor, self._run, jobs)
+            except Exception as error:  # never let one batch stop the worker
+                log.exception("the worker failed on a batch")
+                for job in jobs:
+                    job.push(Failed(server_error(f"the worker failed: {type(error).__name__}")))
 
     async def _next_batch(self) -> list[Job]:
         """The first waiting job plus whatever arrives within ``batch_wait_s``, up to ``max_batch``."""

@@ -274,7 +274,8 @@ def _check_reload(directory: Path, model: nn.Module, processor: Any) -> None:
 
     loaded = AutoModelForImageTextToText.from_pretrained(directory, dtype=torch.float32).eval()
     loaded_processor = AutoProcessor.from_pretrained(directory)
-    images = [draw(sample_scene(split_rng(0, "reload-check"))) for _ in range(4)]
+    rng = split_rng(0, "reload-check")
+    images = [draw(sample_scene(rng, counts=(0, 1, 2))) for _ in range(4)]
     pixels = loaded_processor(text=[IMAGE_TOKEN] * 4, images=images, return_tensors="pt")["pixel_values"]
     with torch.no_grad():
         same = torch.allclose(image_features(loaded, pixels), image_features(model, pixels), atol=1e-5)

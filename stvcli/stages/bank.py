@@ -15,12 +15,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from stvcli import distributed as dist
 from stvcli.artifacts import load_artifact, save_artifact
 from stvcli.config import ModelOptions
 from stvcli.data.loading import load_task_data
 from stvcli.data.options import DataOptions
 from stvcli.errors import StvError
-from stvcli.stages.common import Meter, artifact_path, file_digest, get_adapter, progress, reusable, say
+from stvcli.stages.common import Meter, artifact_path, file_digest, get_adapter, progress, reusable, say, say_rank
 from stvcli.stages.config import BankConfig
 from stvcli.stages.scan import capture_prompts, many_shot_prompts
 
@@ -69,7 +70,12 @@ def cluster_locations(activations: torch.Tensor, clusters: int, seed: int, niter
 
 
 def run_bank(config: BankConfig) -> BankResult:
-    """Build (or reuse) the bank from the scan's locations."""
+    """Build (or reuse) the bank from the scan's locations.
+
+    Under torchrun the extra many-shot contexts are split across ranks (shards in
+    ``W/shards``, reused after a crash); rank 0 clusters and writes the bank.
+    """
+    dist.init()
     if config.contexts < config.clusters:
         raise StvError(
             f"--contexts {config.contexts} is below --clusters {config.clusters}; k-means needs T >= M "
@@ -90,7 +96,7 @@ def run_bank(config: BankConfig) -> BankResult:
         "shots": scan_settings["shots"],
     }
     path = artifact_path(config.workspace, "bank")
-    if reusable(path, "bank", settings, config.force):
+    if dist.broadcast_object(reusable(path, "bank", settings, config.force)):  # rank 0 decides
         bank = load_artifact(path, "bank")
         say(f"bank: reusing {path} (same settings and scan; --force rebuilds)", config.quiet)
         return BankResult(bank["bank"], bank["counts"], True, bank.meta["extra"].get("stats", {}))
@@ -99,6 +105,7 @@ def run_bank(config: BankConfig) -> BankResult:
     meter = Meter()
     activations = _kept_activations(config, locations)
     adapter = None
+    shard_stats = None
     if len(activations) < config.contexts:
         model_options = ModelOptions(**scan_settings["model"])
         adapter = get_adapter(model_options)
@@ -107,18 +114,25 @@ def run_bank(config: BankConfig) -> BankResult:
         rng = random.Random(config.seed + 1)
         queries = [rng.choice(task_data.support) for _ in range(missing)]
         prompts = many_shot_prompts(task_data.task, queries, task_data.support, scan_settings["shots"], rng)
-        with progress(config.quiet) as bar:
-            job = bar.add_task("bank contexts", total=missing)
-            more = capture_prompts(
-                adapter, prompts, meter, config.batch_size, locations, on_batch=lambda n: bar.advance(job, n)
-            )
+        if dist.active():
+            more, shard_stats = _bank_contexts_sharded(config, adapter, prompts, locations, settings)
+        else:
+            with progress(config.quiet) as bar:
+                job = bar.add_task("bank contexts", total=missing)
+                more = capture_prompts(
+                    adapter, prompts, meter, config.batch_size, locations, on_batch=lambda n: bar.advance(job, n)
+                )
+        if not dist.is_main():  # rank 0 clusters and writes the bank
+            return dist.broadcast_object(None)
         activations = torch.cat([activations, more]) if len(activations) else more
         say(f"bank: reused {config.contexts - missing} scan contexts, ran {missing} more", config.quiet)
     else:
         say(f"bank: reusing {config.contexts} many-shot contexts from the scan", config.quiet)
+    if not dist.is_main():
+        return dist.broadcast_object(None)
     activations = activations[: config.contexts]
     bank, counts = cluster_locations(activations, config.clusters, config.seed, config.niter)
-    stats = meter.summary()
+    stats = shard_stats or meter.summary()
     baseline = scan["zero_mean"][locations[:, 0], locations[:, 1]]  # [K, D]
     save_artifact(
         path,
@@ -133,7 +147,41 @@ def run_bank(config: BankConfig) -> BankResult:
     )
     say(f"bank: {len(locations)} locations x {config.clusters} clusters from {len(activations)} contexts -> {path}",
         config.quiet)
-    return BankResult(bank, counts, False, stats)
+    return dist.broadcast_object(BankResult(bank, counts, False, stats))  # rank 0's result on every rank
+
+
+def _bank_contexts_sharded(config: BankConfig, adapter, prompts, locations, settings):
+    """Each rank captures its share of the extra contexts into ``W/shards/bank-<r>-of-<w>``.
+
+    Returns (activations [n, K, D] in prompt order, merged stats) on rank 0, (None, None)
+    elsewhere. A shard with the same settings from an earlier (crashed) run is reused.
+    """
+    n = len(prompts)
+    start, stop = dist.shard_range(n)
+    mine = dist.shard_settings("bank", settings, start, stop)
+    shard_file = dist.shard_path(config.workspace, "bank")
+    shard = None if config.force else dist.load_shard(shard_file, mine)
+    if shard is not None:
+        say_rank(f"bank: reusing the finished shard {shard_file} (contexts {start}:{stop})", config.quiet)
+    else:
+        meter = Meter()
+        if stop > start:
+            with progress(config.quiet) as bar:
+                job = bar.add_task(f"bank contexts (rank {dist.rank()})", total=stop - start)
+                part = capture_prompts(adapter, prompts[start:stop], meter, config.batch_size, locations,
+                                       on_batch=lambda n: bar.advance(job, n))
+        else:
+            part = torch.zeros(0, len(locations), adapter.head_dim)
+        dist.save_shard(shard_file, {"activations": part}, mine, {"stats": meter.summary()})
+    dist.crash_for_test("bank")
+    reused = dist.all_gather_object(shard is not None)  # also the barrier: every shard is on disk
+    if not dist.is_main():
+        return None, None
+    shards = dist.read_shards(config.workspace, "bank", settings, n)
+    stats = dist.merge_stats([s.meta["extra"]["stats"] for s in shards])
+    stats["reused_shards"] = [r for r, flag in enumerate(reused) if flag]
+    dist.clear_shards(config.workspace, "bank")
+    return torch.cat([s["activations"] for s in shards]), stats
 
 
 def _kept_activations(config: BankConfig, locations: torch.Tensor) -> torch.Tensor:

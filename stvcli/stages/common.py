@@ -16,6 +16,8 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from stvcli.distributed import is_main, rank, world_size
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -86,14 +88,22 @@ def progress(quiet: bool) -> Progress:
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=console,
-        disable=quiet or not console.is_terminal,
+        disable=quiet or not console.is_terminal or not is_main(),  # rank 0 only under torchrun
         transient=False,
     )
 
 
 def say(message: str, quiet: bool = False) -> None:
-    if not quiet:
+    """A status line (from rank 0 only when launched with torchrun)."""
+    if not quiet and is_main():
         console.print(message, highlight=False)
+
+
+def say_rank(message: str, quiet: bool = False) -> None:
+    """A status line from every rank, prefixed with the rank when there are several."""
+    if not quiet:
+        prefix = f"[rank {rank()}/{world_size()}] " if world_size() > 1 else ""
+        console.print(prefix + message, highlight=False)
 
 
 def default_batch_size() -> int:

@@ -22,6 +22,7 @@ import torch
 
 from stvcli.artifacts import compare_fingerprints, load_artifact, versions
 from stvcli.config import ModelOptions
+from stvcli.data.context import check_icl_fits
 from stvcli.data.loading import load_task_data
 from stvcli.data.options import DataOptions
 from stvcli.data.types import Item, TaskData
@@ -29,7 +30,6 @@ from stvcli.engine import Intervention, all_locations
 from stvcli.errors import StvError
 from stvcli.metrics import summarize
 from stvcli.models.base import ModelAdapter
-from stvcli.prompt import Prompt
 from stvcli.scoring import generate
 from stvcli.stages.common import Meter, artifact_path, get_adapter, progress, run_batched, say
 from stvcli.stages.config import EvalConfig
@@ -82,14 +82,9 @@ def demonstrations_for(task_data: TaskData, item: Item, shots: int, seed: int) -
     return task_data.task.sample_demonstrations(task_data.support, shots, rng, exclude=item)
 
 
-def check_context(adapter: ModelAdapter, prompts: list[Prompt], method: str, max_new_tokens: int) -> None:
-    """Refuse (rather than truncate) prompts that do not fit the model's context."""
-    longest = max(int(adapter.encode([p])["attention_mask"].sum()) for p in prompts[:8])
-    if longest + max_new_tokens > adapter.context_length:
-        raise StvError(
-            f"{method}: prompts take ~{longest} tokens + {max_new_tokens} to generate, but the model holds "
-            f"{adapter.context_length}; use fewer shots"
-        )
+def token_counter(adapter: ModelAdapter):
+    """Prompt -> its token count under this model (image tokens included)."""
+    return lambda prompt: int(adapter.encode([prompt])["attention_mask"].sum())
 
 
 def evaluate_method(
@@ -103,7 +98,9 @@ def evaluate_method(
     task = task_data.task
     prompts = [task.build_prompt(item, demonstrations_for(task_data, item, method.shots, config.seed)
                                  if method.shots else ()) for item in items]
-    check_context(adapter, prompts, method.name, task.max_new_tokens)
+    if method.shots:
+        check_icl_fits(token_counter(adapter), task, task_data.support, method.shots, adapter.context_length,
+                       config.seed, label=method.name)
     meter = Meter()
 
     def run(chunk):

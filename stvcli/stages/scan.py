@@ -16,13 +16,14 @@ from typing import Any
 
 import torch
 
+from stvcli import distributed as dist
 from stvcli.artifacts import load_artifact, save_artifact
 from stvcli.data.loading import load_task_data
 from stvcli.data.types import Item, Task, TaskData
 from stvcli.engine import capturing
 from stvcli.errors import StvError
 from stvcli.models.base import ModelAdapter
-from stvcli.stages.common import Meter, artifact_path, get_adapter, progress, reusable, run_batched, say
+from stvcli.stages.common import Meter, artifact_path, get_adapter, progress, reusable, run_batched, say, say_rank
 from stvcli.stages.config import ScanConfig
 
 # The paper's K = 300 on 32 x 32-head models, as a fraction of all heads.
@@ -103,7 +104,11 @@ def scan_settings(config: ScanConfig, shots: int, k: int) -> dict[str, Any]:
 
 
 def run_scan(config: ScanConfig, task_data: TaskData | None = None) -> ScanResult:
-    """Run (or reuse) the sensitivity scan and write ``scan`` and ``activations`` artifacts."""
+    """Run (or reuse) the sensitivity scan and write ``scan`` and ``activations`` artifacts.
+
+    Under torchrun every rank scans its share of the queries (see ``_scan_sharded``).
+    """
+    dist.init()
     task_data = task_data or load_task_data(config.data)
     task = task_data.task
     shots = config.shots if config.shots is not None else task.default_shots
@@ -116,7 +121,7 @@ def run_scan(config: ScanConfig, task_data: TaskData | None = None) -> ScanResul
     k = resolve_top_k(config, adapter.n_layers, adapter.n_heads)
     settings = scan_settings(config, shots, k)
     path = artifact_path(config.workspace, "scan")
-    if reusable(path, "scan", settings, config.force):
+    if dist.broadcast_object(reusable(path, "scan", settings, config.force)):  # rank 0 decides
         scan = load_artifact(path, "scan", fingerprint=adapter.fingerprint())
         say(f"scan: reusing {path} (same settings; --force reruns)", config.quiet)
         return ScanResult(scan["scores"], scan["locations"], True, scan.meta["extra"].get("stats", {}))
@@ -128,6 +133,8 @@ def run_scan(config: ScanConfig, task_data: TaskData | None = None) -> ScanResul
     queries = rng.sample(support, n_queries)
     zero_prompts = [task.build_prompt(q) for q in queries]
     many_prompts = many_shot_prompts(task, queries, support, shots, rng)
+    if dist.active():
+        return _scan_sharded(config, adapter, task_data, queries, zero_prompts, many_prompts, settings, k)
 
     meter = Meter()
     with progress(config.quiet) as bar:
@@ -139,14 +146,22 @@ def run_scan(config: ScanConfig, task_data: TaskData | None = None) -> ScanResul
     scores = per_query.mean(0)
     locations = top_locations(scores, k)
     stats = meter.summary()
+    kept = many[: config.keep_contexts, locations[:, 0], locations[:, 1]]  # [T, K, D]
+    _write_scan(config, adapter, task_data, settings, queries, scores, locations, zero.mean(0), many.mean(0),
+                per_query, kept, stats)
+    say(f"scan: {n_queries} queries x 2 forwards, top {k} of {scores.numel()} heads -> {path}", config.quiet)
+    return ScanResult(scores, locations, False, stats)
 
+
+def _write_scan(config, adapter, task_data, settings, queries, scores, locations, zero_mean, many_mean, per_query,
+                kept, stats) -> None:
+    """The ``activations`` and ``scan`` artifacts (kept: many-shot activations [T, K, D] at the locations)."""
     common = dict(
         model=config.model.model,
         fingerprint=adapter.fingerprint(),
         data=task_data.source,
         seed=config.seed,
     )
-    kept = many[: config.keep_contexts, locations[:, 0], locations[:, 1]]  # [T, K, D]
     save_artifact(
         artifact_path(config.workspace, "activations"),
         "activations",
@@ -156,18 +171,74 @@ def run_scan(config: ScanConfig, task_data: TaskData | None = None) -> ScanResul
         **common,
     )
     save_artifact(
-        path,
+        artifact_path(config.workspace, "scan"),
         "scan",
         {
             "scores": scores,
             "locations": locations,
-            "zero_mean": zero.mean(0),  # [L, H, D]
-            "many_mean": many.mean(0),  # [L, H, D]
+            "zero_mean": zero_mean,  # [L, H, D]
+            "many_mean": many_mean,  # [L, H, D]
             "query_scores": per_query,
         },
         settings=settings,
-        extra={"stats": stats, "n_queries": n_queries, "query_uids": [q.uid for q in queries]},
+        extra={"stats": stats, "n_queries": len(queries), "query_uids": [q.uid for q in queries]},
         **common,
     )
-    say(f"scan: {n_queries} queries x 2 forwards, top {k} of {scores.numel()} heads -> {path}", config.quiet)
-    return ScanResult(scores, locations, False, stats)
+
+
+def _scan_sharded(config, adapter, task_data, queries, zero_prompts, many_prompts, settings, k) -> ScanResult:
+    """One rank's contiguous share of the queries under torchrun; rank 0 merges.
+
+    Each rank writes ``W/shards/scan-<rank>-of-<world>.safetensors`` (per-query scores,
+    the sums of its zero- and many-shot activations, its many-shot rows among the first
+    ``keep_contexts`` queries); a rerun reuses a shard made with the same settings, so
+    after a crash only the unfinished shares are recomputed. Rank 0 merges in query
+    order into exactly the artifacts a single process writes (means up to float
+    summation order), then removes the shards.
+    """
+    n = len(queries)
+    start, stop = dist.shard_range(n)
+    mine = dist.shard_settings("scan", settings, start, stop)
+    shard_file = dist.shard_path(config.workspace, "scan")
+    shard = None if config.force else dist.load_shard(shard_file, mine)
+    if shard is not None:
+        say_rank(f"scan: reusing the finished shard {shard_file} (queries {start}:{stop})", config.quiet)
+    else:
+        meter = Meter()
+        shape = (adapter.n_layers, adapter.n_heads, adapter.head_dim)
+        if stop > start:
+            with progress(config.quiet) as bar:
+                job = bar.add_task(f"scan (rank {dist.rank()})", total=2 * (stop - start))
+                advance = lambda n: bar.advance(job, n)  # noqa: E731
+                zero = capture_prompts(adapter, zero_prompts[start:stop], meter, config.batch_size, on_batch=advance)
+                many = capture_prompts(adapter, many_prompts[start:stop], meter, config.batch_size, on_batch=advance)
+        else:
+            zero = many = torch.zeros(0, *shape)
+        tensors = {
+            "query_scores": sensitivity_scores(zero, many, config.sensitivity),  # [n_r, L, H]
+            "zero_sum": zero.sum(0) if len(zero) else torch.zeros(shape),
+            "many_sum": many.sum(0) if len(many) else torch.zeros(shape),
+            "kept": many[: max(0, min(stop, config.keep_contexts) - start)].contiguous(),  # [t_r, L, H, D]
+        }
+        dist.save_shard(shard_file, tensors, mine, {"stats": meter.summary()})
+        say_rank(f"scan: wrote {shard_file} (queries {start}:{stop})", config.quiet)
+    dist.crash_for_test("scan")
+    reused = dist.all_gather_object(shard is not None)  # also the barrier: every shard is on disk
+    result = None
+    if dist.is_main():
+        shards = dist.read_shards(config.workspace, "scan", settings, n)
+        per_query = torch.cat([s["query_scores"] for s in shards])  # [N, L, H], query order
+        scores = per_query.mean(0)
+        locations = top_locations(scores, k)
+        zero_mean = torch.stack([s["zero_sum"] for s in shards]).sum(0) / n
+        many_mean = torch.stack([s["many_sum"] for s in shards]).sum(0) / n
+        kept = torch.cat([s["kept"] for s in shards])[:, locations[:, 0], locations[:, 1]]  # [T, K, D]
+        stats = dist.merge_stats([s.meta["extra"]["stats"] for s in shards])
+        stats["reused_shards"] = [r for r, flag in enumerate(reused) if flag]
+        _write_scan(config, adapter, task_data, settings, queries, scores, locations, zero_mean, many_mean,
+                    per_query, kept, stats)
+        dist.clear_shards(config.workspace, "scan")
+        say(f"scan: {n} queries x 2 forwards on {dist.world_size()} ranks, top {k} of {scores.numel()} heads -> "
+            f"{artifact_path(config.workspace, 'scan')}", config.quiet)
+        result = ScanResult(scores, locations, False, stats)
+    return dist.broadcast_object(result)  # after rank 0 wrote the artifacts

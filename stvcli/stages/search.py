@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from stvcli import distributed as dist
 from stvcli.artifacts import load_artifact, save_artifact
 from stvcli.config import ModelOptions
 from stvcli.data.loading import load_task_data
@@ -62,6 +63,14 @@ def gather_vectors(bank: torch.Tensor, choices: torch.Tensor) -> torch.Tensor:
 
 
 def run_search(config: SearchConfig) -> SearchResult:
+    """Run (or reuse, or resume) the search and write ``vectors``.
+
+    Under torchrun every rank holds the same policy and draws the same choices (same
+    seeded generator); each scores its slice of the S candidates, the rewards are
+    gathered, and every rank takes the same Adam step. Rank 0 writes checkpoints and
+    the artifact.
+    """
+    dist.init()
     bank_path = artifact_path(config.workspace, "bank")
     bank_artifact = load_artifact(bank_path, "bank")
     upstream = bank_artifact.settings
@@ -73,7 +82,7 @@ def run_search(config: SearchConfig) -> SearchResult:
         "data": upstream["data"],
     }
     path = artifact_path(config.workspace, "vectors")
-    if reusable(path, "vectors", settings, config.force):
+    if dist.broadcast_object(reusable(path, "vectors", settings, config.force)):  # rank 0 decides
         done = load_artifact(path, "vectors")
         say(f"search: reusing {path} (same settings and bank; --force reruns)", config.quiet)
         extra = done.meta["extra"]
@@ -98,6 +107,9 @@ def run_search(config: SearchConfig) -> SearchResult:
     optimizer = torch.optim.Adam([logits], lr=config.lr)
     rewards_log: list[float] = []
     start = _resume(config, settings, logits, optimizer, rewards_log)
+    if len(set(dist.all_gather_object(start))) > 1:
+        raise StvError("the ranks resumed the search from different checkpoints; is the workspace on a file system "
+                       "every rank sees?")
     meter = Meter()
 
     def candidates(choices: torch.Tensor):
@@ -109,13 +121,13 @@ def run_search(config: SearchConfig) -> SearchResult:
             generator = torch.Generator().manual_seed(config.seed * 1_000_003 + iteration)
             queries = random.Random(config.seed * 1_000_003 + iteration).sample(train, config.queries_per_iteration)
             choices = sample_choices(logits, config.samples, generator)
-            rewards = candidate_rewards(
-                adapter, task, queries, candidates(choices), config.samples, config.reward, meter, config.batch_size
-            )
+            rewards = dist.gather_shares(config.samples, lambda a, b: candidate_rewards(  # this rank's candidates
+                adapter, task, queries, candidates(choices[a:b]), b - a, config.reward, meter, config.batch_size
+            ))
             policy_step(logits, optimizer, choices, rewards)
             rewards_log.append(float(rewards.mean()))
             bar.advance(job)
-            if (iteration + 1) % config.checkpoint_every == 0 and iteration + 1 < config.iterations:
+            if (iteration + 1) % config.checkpoint_every == 0 and iteration + 1 < config.iterations and dist.is_main():
                 _checkpoint(config, settings, logits, optimizer, rewards_log, iteration + 1, bank_artifact)
 
     final = logits.detach().argmax(-1)
@@ -123,11 +135,15 @@ def run_search(config: SearchConfig) -> SearchResult:
         draws = [final] + [sample_choices(logits, 1, torch.Generator().manual_seed(config.seed + i))[0]
                            for i in range(config.best_of - 1)]
         stacked = torch.stack(draws)
-        scores = candidate_rewards(adapter, task, holdout, candidates(stacked), len(draws), config.reward, meter,
-                                   config.batch_size)
+        scores = dist.gather_shares(len(draws), lambda a, b: candidate_rewards(
+            adapter, task, holdout, candidates(stacked[a:b]), b - a, config.reward, meter, config.batch_size))
         final = draws[int(scores.argmax())]
     vectors = gather_vectors(bank, final[None])[0]
-    stats = meter.summary()
+    stats = dist.merge_stats(dist.all_gather_object(meter.summary()))
+    result = SearchResult(vectors, final, logits.detach(), rewards_log, False, stats)
+    if not dist.is_main():  # rank 0 writes; every rank holds the same result
+        dist.barrier()
+        return result
     save_artifact(
         path,
         "vectors",
@@ -142,7 +158,8 @@ def run_search(config: SearchConfig) -> SearchResult:
     )
     artifact_path(config.workspace, "search-state").unlink(missing_ok=True)
     say(f"search: {config.iterations} iterations x {config.samples} samples -> {path}", config.quiet)
-    return SearchResult(vectors, final, logits.detach(), rewards_log, False, stats)
+    dist.barrier()  # the artifact exists before any rank moves on
+    return result
 
 
 def _checkpoint(config, settings, logits, optimizer, rewards_log, iteration, bank_artifact) -> None:

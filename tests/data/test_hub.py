@@ -169,6 +169,19 @@ def test_revision_and_split_reach_load_dataset(hub):
         load_task_data(DataOptions(task="vqa", data="me/x:dev"))
 
 
+def test_multi_image_columns_decode_each_image(hub):
+    ds = Dataset.from_dict(
+        {"images": [images(2, 10 * i) for i in range(6)], "question": ["same or different?"] * 6, "answers": [["same"]] * 6},
+        features=Features({"images": List(Image()), "question": Value("string"), "answers": List(Value("string"))}),
+    )
+    hub.data["me/pairs"] = DatasetDict(train=ds)
+    data = load_task_data(DataOptions(task="vqa", data="me/pairs", columns={"image": "images"}))
+    item = data.evaluation[0]
+    first, second = (ref() for ref in item.images)
+    assert first.tobytes() != second.tobytes()
+    assert data.task.build_prompt(item).text == "<image><image>same or different? Answer:"
+
+
 def offline_errors():
     from datasets.exceptions import DatasetNotFoundError
     from huggingface_hub.errors import OfflineModeIsEnabled

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 import torch
-from serve_helpers import API_KEY, FAMILY, Served, serve_config
+from serve_helpers import API_KEY, FAMILY, Served, image_data_url, image_of, serve_config
 
 from stvcli.prompt import Prompt
 from stvcli.scoring import generate
@@ -107,15 +107,24 @@ def test_concurrent_requests_for_different_models_share_a_forward(served: Served
 
 
 def test_fifty_concurrent_requests_all_answered(served: Served) -> None:
-    prompts = ["the quick brown fox", "lazy dog", "hello"]
+    prompts = ["the quick brown fox", "lazy dog", "<image>hello"]  # every third request has an image
     tasks = ["bare", "demo", "other", "added"]
     plan = [(prompts[i % len(prompts)], tasks[i % len(tasks)], i % 2 == 0) for i in range(50)]
+    image = image_data_url()
+
+    def content(prompt: str) -> str | list[dict]:
+        if not prompt.startswith("<image>"):
+            return prompt
+        return [{"type": "image_url", "image_url": {"url": image}}, {"type": "text", "text": prompt[len("<image>"):]}]
+
+    def as_prompt(prompt: str) -> Prompt:
+        return Prompt(prompt, (image_of(),) if prompt.startswith("<image>") else ())
 
     async def run() -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=served.url, headers=AUTH, timeout=120) as client:
             async def one(prompt: str, task: str, stream: bool) -> tuple[str, str]:
                 request = {"model": served.ids[task], "max_tokens": 5, "stream": stream,
-                           "messages": [{"role": "user", "content": prompt}]}
+                           "messages": [{"role": "user", "content": content(prompt)}]}
                 if not stream:
                     response = await client.post("/v1/chat/completions", json=request)
                     assert response.status_code == 200, response.text
@@ -137,7 +146,7 @@ def test_fifty_concurrent_requests_all_answered(served: Served) -> None:
     assert served.worker.stats.largest_batch > 1
     for (prompt, task, _), (model, text) in zip(plan, answers):
         assert model == served.ids[task]
-        assert text == reference(served, Prompt(prompt), None if task == "bare" else task, 5)
+        assert text == reference(served, as_prompt(prompt), None if task == "bare" else task, 5)
 
 
 def _sse_text(lines: list[str]) -> list[str]:

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+import io
+
+import httpx
 import openai
 import pytest
+from PIL import Image
 
 from stvcli.prompt import Prompt
 from stvcli.scoring import generate
@@ -120,24 +125,15 @@ def test_sampling_is_reproducible_with_a_seed(client: openai.OpenAI, served: Ser
 
 def test_eval_harness_payloads(served: Served) -> None:
     """lmms-eval (text, then PNG images; nulls for unset options) and VLMEvalKit (JPEG, detail, n=1)."""
-    import base64
-    import io
-
-    import httpx
-
     png = image_data_url()
     lmms_eval = {"model": served.ids["demo"], "max_tokens": MAX_TOKENS, "temperature": 0, "top_p": None,
                  "messages": [{"role": "user", "content": [{"type": "text", "text": "Question: colour?"},
                                                            {"type": "image_url", "image_url": {"url": png}}]}]}
-    buffer = io.BytesIO()
-    image_of().save(buffer, format="JPEG")
     jpeg = image_data_url(fmt="JPEG")
     vlmevalkit = {"model": served.ids["demo"], "n": 1, "temperature": 0, "max_tokens": MAX_TOKENS,
                   "messages": [{"role": "user", "content": [
                       {"type": "image_url", "image_url": {"url": jpeg, "detail": "high"}},
                       {"type": "text", "text": "Question: colour?"}]}]}
-    from PIL import Image
-
     jpeg_image = Image.open(io.BytesIO(base64.b64decode(jpeg.split(",", 1)[1]))).convert("RGB")
     with httpx.Client(base_url=served.url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60) as http:
         first = http.post("/v1/chat/completions", json=lmms_eval).json()["choices"][0]["message"]["content"]

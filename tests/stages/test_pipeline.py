@@ -165,3 +165,11 @@ def test_eval_runs_every_method_and_writes_results(bed, workspace, scanned, tmp_
     assert report["stages"]["scan"]["forwards"] == 16
     mtv = load_artifact(artifact_path(workspace, "mtv"), "mtv")
     assert mtv["means"].shape[:2] == mtv["logits"].shape
+
+
+def test_icl_that_does_not_fit_is_refused(bed, workspace, scanned):
+    from stvcli.errors import DataError
+
+    with pytest.raises(DataError, match="icl:30.*use at most"):
+        evaluate_module.run_eval(EvalConfig(workspace=workspace, methods=["icl:30"], limit=2, quiet=True,
+                                            model=bed["model"].model_copy(), data=bed["data"]))

@@ -79,6 +79,7 @@ def measure(adapter: ModelAdapter, prompts: list[Prompt], repeats: int) -> dict[
         for name, context in variants.items():
             samples[name].append(_time(lambda: forward(context)))
     medians = {name: statistics.median(values) for name, values in samples.items()}
+    minima = {name: min(values) for name, values in samples.items()}
     return {
         "seq": int(inputs["input_ids"].shape[1]),
         "heads": int(len(locations)),
@@ -86,6 +87,8 @@ def measure(adapter: ModelAdapter, prompts: list[Prompt], repeats: int) -> dict[
         "plain_ms": medians["plain"] * 1e3,
         "capture_ratio": medians["capture"] / medians["plain"],
         "insert_ratio": medians["insert"] / medians["plain"],
+        "capture_ratio_min": minima["capture"] / minima["plain"],
+        "insert_ratio_min": minima["insert"] / minima["plain"],
     }
 
 
@@ -97,21 +100,23 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    cases: list[tuple[str, Callable[[], ModelAdapter], list[Prompt]]] = [
-        (family, lambda family=family: tiny_adapter(family), _prompts(family, 8)) for family in TINY_FAMILIES
+    cases: list[tuple[str, Callable[[], ModelAdapter], list[Prompt], int]] = [
+        (family, lambda family=family: tiny_adapter(family), _prompts(family, 8), args.repeats)
+        for family in TINY_FAMILIES
     ]
-    cases.append(("llama (long)", lambda: tiny_adapter("llama"), _prompts("llama", 440)))
-    cases.append(("smollm2-geometry", _smollm2_geometry, _prompts("llama", 100)))
+    cases.append(("llama (long)", lambda: tiny_adapter("llama"), _prompts("llama", 200), args.repeats))
+    cases.append(("smollm2-geometry", _smollm2_geometry, _prompts("llama", 48), max(3, args.repeats // 3)))
 
     rows = []
-    print(f"batch {BATCH}, {args.repeats} repeats, {args.threads} thread(s); ratios are medians vs plain")
-    print(f"{'model':<18} {'seq':>5} {'heads':>6} {'plain ms':>9} {'capture x':>10} {'insert x':>9}")
-    for name, build, prompts in cases:
-        row = {"model": name, **measure(build(), prompts, args.repeats)}
+    print(f"batch {BATCH}, {args.threads} thread(s); time ratios vs plain: median (and min) over repeats")
+    print(f"{'model':<18} {'seq':>5} {'heads':>6} {'reps':>5} {'plain ms':>9} {'capture x':>15} {'insert 25% x':>15}")
+    for name, build, prompts, repeats in cases:
+        row = {"model": name, "repeats": repeats, **measure(build(), prompts, repeats)}
         rows.append(row)
+        capture = f"{row['capture_ratio']:.3f} ({row['capture_ratio_min']:.3f})"
+        insert = f"{row['insert_ratio']:.3f} ({row['insert_ratio_min']:.3f})"
         print(
-            f"{name:<18} {row['seq']:>5} {row['heads']:>6} {row['plain_ms']:>9.2f} "
-            f"{row['capture_ratio']:>10.3f} {row['insert_ratio']:>9.3f}",
+            f"{name:<18} {row['seq']:>5} {row['heads']:>6} {repeats:>5} {row['plain_ms']:>9.2f} {capture:>15} {insert:>15}",
             flush=True,
         )
     if args.json:

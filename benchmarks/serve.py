@@ -7,8 +7,10 @@ inserting task vectors compared with the bare model.
 
 The server runs in this process (uvicorn on a loopback port, real HTTP); each point is
 the best of ``--repeats`` runs (timings on shared machines are noisy). "overhead" is
-the vectors run's time per generated token over the bare model's, minus one. "mixed" sends
-half bare and half vectors requests, which share forwards.
+the vectors run's time per generated token over the bare model's, minus one, measured
+over HTTP and, less noisily, on the model alone (one batched generation of ``--max-tokens``
+tokens per row, without the end-of-sequence stop). "mixed" sends half bare and half
+vectors requests, which share forwards.
 """
 
 from __future__ import annotations
@@ -27,11 +29,13 @@ import httpx
 import torch
 
 from stvcli.artifacts import save_artifact
+from stvcli.engine import Intervention
 from stvcli.models.base import ModelAdapter
 from stvcli.prompt import Prompt
 from stvcli.scoring import generate
 from stvcli.serve.app import create_app
 from stvcli.serve.config import ServeConfig
+from stvcli.serve.generation import Row, generate_rows
 from stvcli.serve.server import background_server
 
 PROMPT = "Question: what colour is the shape? Answer:"
@@ -94,13 +98,36 @@ def best_point(workload: str, concurrency: int, runs: list[tuple[float, int, lis
 
 
 def direct_ms(adapter: ModelAdapter, max_tokens: int, repeats: int) -> float:
-    """One `scoring.generate` call without HTTP or queue, best of ``repeats`` (ms)."""
+    """One ``scoring.generate`` call (no HTTP, no queue), best of ``repeats``, in ms."""
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         generate(adapter, [Prompt(PROMPT)], max_tokens)
         times.append(time.perf_counter() - start)
     return min(times) * 1000
+
+
+def model_level_overhead(adapter: ModelAdapter, intervention: Intervention, batch: int, max_tokens: int,
+                         repeats: int) -> tuple[float, float]:
+    """Best times (ms) of one batched generation without and with the vectors, interleaved.
+
+    Every row runs to ``max_tokens`` (no end of sequence), so both do the same work.
+    """
+    prompts = [Prompt(PROMPT)] * batch
+    inputs = adapter.encode(prompts)
+    rows = [Row(prompt, max_tokens) for prompt in prompts]
+    eos = adapter.model.generation_config.eos_token_id
+    adapter.model.generation_config.eos_token_id = None
+    best = {False: float("inf"), True: float("inf")}
+    try:
+        for _ in range(repeats):
+            for with_vectors in (False, True):
+                start = time.perf_counter()
+                generate_rows(adapter, inputs, rows, intervention if with_vectors else None)
+                best[with_vectors] = min(best[with_vectors], time.perf_counter() - start)
+    finally:
+        adapter.model.generation_config.eos_token_id = eos
+    return best[False] * 1000, best[True] * 1000
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -134,23 +161,30 @@ def main(argv: list[str] | None = None) -> int:
             adapter = app.state.adapter
         catalog = app.state.catalog
         bare, served = catalog.base_id, catalog.ids()[1]
-        baseline_ms = direct_ms(adapter, args.max_tokens, args.repeats)
+        direct: list[float] = []
         workloads = {"bare": [bare], "vectors": [served], "mixed": [bare, served]}
         runs: dict[tuple[str, int], list] = {(w, c): [] for c in args.concurrency for w in workloads}
         with background_server(app) as url:
             asyncio.run(drive(url, [bare, served], 4, 2, args.max_tokens))  # warm up
             for _ in range(args.repeats):  # interleaved, so a slow spell hits every workload alike
+                direct.append(direct_ms(adapter, args.max_tokens, 4))  # the server is idle here
                 for workload, concurrency in runs:
                     runs[(workload, concurrency)].append(
                         asyncio.run(drive(url, workloads[workload], args.requests, concurrency, args.max_tokens)))
         points = [best_point(w, c, found) for (w, c), found in runs.items()]
+        baseline_ms = min(direct)
+        intervention = catalog.sets[served].intervention
+        model_level = {batch: model_level_overhead(adapter, intervention, batch, args.max_tokens, 3 * args.repeats)
+                       for batch in args.concurrency}
     overhead = {}
     for concurrency in args.concurrency:
         by = {p.workload: p for p in points if p.concurrency == concurrency}
         overhead[concurrency] = by["bare"].tokens_per_s / by["vectors"].tokens_per_s - 1  # time per token
     report = {"model": catalog.base_id, "device": str(adapter.device), "max_tokens": args.max_tokens,
               "max_batch": args.max_batch, "direct_generate_ms": baseline_ms,
-              "points": [asdict(p) for p in points], "insertion_overhead": overhead}
+              "points": [asdict(p) for p in points], "insertion_overhead_http": overhead,
+              "model_level_ms": {batch: {"bare": bare_ms, "vectors": vectors_ms}
+                                 for batch, (bare_ms, vectors_ms) in model_level.items()}}
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -162,7 +196,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {p.workload} | {p.concurrency} | {p.requests_per_s:.1f} | {p.tokens_per_s:.0f} | {p.p50_latency_ms:.0f} |")
     print()
     for concurrency, value in overhead.items():
-        print(f"insertion overhead at concurrency {concurrency}: {value * 100:+.1f}% time per token")
+        print(f"insertion overhead over HTTP at concurrency {concurrency}: {value * 100:+.1f}% time per token")
+    for batch, (bare_ms, vectors_ms) in model_level.items():
+        print(f"insertion overhead in the model, batch {batch}: {bare_ms:.1f} ms bare, {vectors_ms:.1f} ms with "
+              f"vectors ({(vectors_ms / bare_ms - 1) * 100:+.1f}%)")
     return 0
 
 

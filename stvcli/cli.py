@@ -57,7 +57,9 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def emit(summary: dict[str, Any], as_json: bool) -> None:
-    if as_json:
+    from stvcli.distributed import is_main
+
+    if as_json and is_main():  # under torchrun, rank 0 speaks for all ranks
         typer.echo(json.dumps(summary, indent=2, default=str))
 
 
@@ -87,6 +89,7 @@ ForceOpt = Annotated[bool, typer.Option("--force", help="Recompute even when a v
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto | float32 | bfloat16 | float16")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N")]
 DeviceMapOpt = Annotated[Optional[str], typer.Option("--device-map", help="Shard over devices, e.g. 'auto'.")]
+MaxMemoryOpt = Annotated[Optional[str], typer.Option("--max-memory", help="Per-device limits for --device-map, e.g. 0=70GiB,1=70GiB,cpu=200GiB (implies --device-map auto).")]
 InsertOpt = Annotated[str, typer.Option("--insert", help="replace (paper) | add (query's own activation + offset)")]
 
 
@@ -107,11 +110,25 @@ def parse_columns(value: str | None) -> dict[str, str] | None:
     return {k.strip(): v.strip() for k, v in pairs}
 
 
-def model_options(model: str, dtype: str, device: str, device_map: str | None, projection_pattern: str | None = None):
+def parse_max_memory(value: str | None) -> dict[str, str] | None:
+    """``0=70GiB,1=70GiB,cpu=200GiB`` -> {"0": "70GiB", "1": "70GiB", "cpu": "200GiB"}."""
+    if not value:
+        return None
+    pairs = [part.split("=", 1) for part in value.split(",") if part.strip()]
+    if not pairs or any(len(p) != 2 or not p[0].strip() or not p[1].strip() for p in pairs):
+        raise StvError(f"--max-memory takes device=size pairs separated by commas, e.g. 0=70GiB,1=70GiB,cpu=200GiB; "
+                       f"got {value!r}")
+    return {k.strip(): v.strip() for k, v in pairs}
+
+
+def model_options(model: str, dtype: str, device: str, device_map: str | None, projection_pattern: str | None = None,
+                  max_memory: str | None = None, chat_template: bool | None = None, trust_remote_code: bool = False):
     from stvcli.config import ModelOptions
 
-    return ModelOptions(model=model, dtype=dtype, device=device, device_map=device_map,
-                        projection_pattern=projection_pattern)
+    limits = parse_max_memory(max_memory)
+    return ModelOptions(model=model, dtype=dtype, device=device, device_map=device_map or ("auto" if limits else None),
+                        max_memory=limits, projection_pattern=projection_pattern, chat_template=chat_template,
+                        trust_remote_code=trust_remote_code)
 
 
 def data_options(data: str | None, task: str, eval_data: str | None = None, image_root: str | None = None,
@@ -187,17 +204,23 @@ def scan_command(
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = "auto",
     device_map: DeviceMapOpt = None,
+    max_memory: MaxMemoryOpt = None,
+    chat_template: Annotated[Optional[bool], typer.Option("--chat-template/--no-chat-template", help="Wrap prompts in the model's chat template (default: the family's choice).")] = None,
+    trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Allow the model's own code (Qwen-VL).")] = False,
     projection_pattern: Annotated[Optional[str], typer.Option("--projection-pattern", help="Regex naming each layer's attention output projection, for unknown architectures.")] = None,
     force: ForceOpt = False,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Stage 1: find the heads that react most to in-context demonstrations."""
+    """Stage 1: find the heads that react most to in-context demonstrations.
+
+    Data parallel under `torchrun --nproc_per_node N -m stvcli.cli scan ...` (see docs/scaling.md)."""
     from stvcli.stages.config import ScanConfig
     from stvcli.stages.scan import run_scan
 
     config = ScanConfig(
-        model=model_options(model, dtype, device, device_map, projection_pattern),
+        model=model_options(model, dtype, device, device_map, projection_pattern, max_memory, chat_template,
+                            trust_remote_code),
         data=data_options(data, task, eval_data, image_root, columns, seed, eval_limit, support_split, eval_split,
                           revision, support_limit),
         workspace=workspace, shots=shots, queries=queries, top_k=top_k, top_frac=top_frac,
@@ -274,6 +297,8 @@ def eval_command(
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model override (default: the one the artifacts were made with).")] = None,
     data: DataOpt = None,
     task: Annotated[Optional[str], typer.Option("--task", "-t", help="Task override (with --data).")] = None,
+    device_map: Annotated[Optional[str], typer.Option("--device-map", help="With --model: shard over devices, e.g. 'auto'.")] = None,
+    max_memory: Annotated[Optional[str], typer.Option("--max-memory", help="With --model: per-device limits, e.g. 0=70GiB,cpu=200GiB.")] = None,
     seed: int = 0,
     batch_size: BatchOpt = "auto",
     force: ForceOpt = False,
@@ -290,14 +315,17 @@ def eval_command(
         workspace=workspace, vectors=vectors, methods=[m for m in methods.split(",") if m.strip()], limit=limit,
         output_path=output_path, log_samples=log_samples, insert=insert, metric_variant=metric_variant, seed=seed,
         batch_size=parse_batch_size(batch_size), force=force, quiet=quiet,
-        model=model_options(model, "auto", "auto", None) if model else None,
+        model=model_options(model, "auto", "auto", device_map, None, max_memory) if model else None,
         data=data_options(data, task, seed=seed) if task else None,
         mtv=MTVConfig(iterations=mtv_iterations, seed=seed),
     )
     report = run_eval(config)
     if as_json:
         return emit(report, True)
-    out.print(markdown_table(report), highlight=False)
+    from stvcli.distributed import is_main
+
+    if is_main():
+        out.print(markdown_table(report), highlight=False)
 
 
 @app.command("report")
@@ -326,15 +354,22 @@ def serve_command(
     port: Annotated[int, typer.Option("--port")] = 8000,
     api_key: Annotated[Optional[str], typer.Option("--api-key", envvar="STV_API_KEY", help="Require this bearer token.")] = None,
     max_batch: Annotated[int, typer.Option("--max-batch", help="Rows per forward.")] = 8,
-    max_image_bytes: Annotated[int, typer.Option("--max-image-bytes")] = 10 * 2**20,
-    allow_remote_images: Annotated[bool, typer.Option("--allow-remote-images")] = False,
+    max_image_bytes: Annotated[int, typer.Option("--max-image-bytes", help="Largest decoded image accepted.")] = 20 * 2**20,
+    max_body_bytes: Annotated[int, typer.Option("--max-body-bytes", help="Largest request body accepted.")] = 64 * 2**20,
+    max_queue: Annotated[int, typer.Option("--max-queue", help="Waiting requests before answering 503.")] = 256,
+    allow_remote_images: Annotated[bool, typer.Option("--allow-remote-images", help="Fetch http(s) image URLs.")] = False,
     insert: Annotated[Optional[str], typer.Option("--insert", help="Override the vectors' insertion mode.")] = None,
+    dtype: DtypeOpt = "auto",
+    device: DeviceOpt = "auto",
+    chat_template: Annotated[Optional[bool], typer.Option("--chat-template/--no-chat-template", help="Wrap prompts in the model's chat template (default: the family's choice).")] = None,
 ) -> None:
     """Serve a model with its task vectors behind an OpenAI-compatible API."""
     from stvcli.serve import ServeConfig, serve
 
     serve(ServeConfig(vectors=vectors, model=model, host=host, port=port, api_key=api_key, max_batch=max_batch,
-                      max_image_bytes=max_image_bytes, allow_remote_images=allow_remote_images, insert=insert))
+                      max_image_bytes=max_image_bytes, max_body_bytes=max_body_bytes, max_queue=max_queue,
+                      allow_remote_images=allow_remote_images, insert=insert, dtype=dtype, device=device,
+                      chat_template=chat_template))
 
 
 @app.command("demo")

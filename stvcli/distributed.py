@@ -217,9 +217,10 @@ def shard_name(stage: str, rank_: int | None = None, world: int | None = None) -
 
 def crash_for_test(stage: str) -> None:
     """Test hook: ``STV_TEST_CRASH_AFTER_SHARD=<stage>:<rank>`` kills that rank right after
-    it wrote its shard (before the merge), as a node failure would."""
+    it wrote its shard (before the merge), as a node failure would; only in the first
+    attempt of a torchrun ``--max-restarts`` run, so the restarted group completes."""
     wanted = os.environ.get("STV_TEST_CRASH_AFTER_SHARD", "")
-    if wanted and wanted == f"{stage}:{rank()}":
+    if wanted and wanted == f"{stage}:{rank()}" and _env_int("TORCHELASTIC_RESTART_COUNT", 0) == 0:
         os._exit(17)
 
 
@@ -286,8 +287,9 @@ def read_shards(workspace: str | Path, stage: str, settings: dict[str, Any], n: 
 def clear_shards(workspace: str | Path, stage: str) -> None:
     """Remove the shards of ``stage`` once its artifact is written (rank 0)."""
     folder = Path(workspace) / "shards"
-    for path in folder.glob(f"{stage}-*-of-*.safetensors"):
-        path.unlink(missing_ok=True)
+    for pattern in (f"{stage}-*-of-*.safetensors", f".{stage}-*-of-*.safetensors.*.tmp"):  # tmp: a killed writer
+        for path in folder.glob(pattern):
+            path.unlink(missing_ok=True)
     try:
         folder.rmdir()
     except OSError:

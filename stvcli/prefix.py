@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import contextvars
 import copy
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -250,6 +250,7 @@ def capture_shared(
     prompts: Sequence[Prompt],
     prefix: Prompt,
     locations: torch.Tensor | None = None,
+    timer: Callable[[int], AbstractContextManager[Any]] | None = None,
 ) -> torch.Tensor | None:
     """Last-token head activations of ``prompts`` that all start with ``prefix`` (text and
     images): the prefix runs once, each prompt's rest runs over a copy of its cache, all
@@ -295,7 +296,6 @@ def capture_shared(
     n = int(lengths_t.max())
     keys = per_token_keys(rest_inputs)
     step_inputs = realign(rest_inputs, keys, lengths_t, torch.tensor(starts), n, adapter, right=True)
-    # keep the images only if the rests have any; BOS-only extras were cut by realign
     mask = step_inputs["attention_mask"]
     step_inputs["attention_mask"] = torch.cat([mask.new_ones(len(prompts), p), mask], dim=1)
     positions = explicit_positions(adapter, full_inputs)
@@ -310,10 +310,12 @@ def capture_shared(
         for b, length in enumerate(lengths):
             rest_positions[:, b, :length] = positions[:, b, width - length :]
         step_inputs["position_ids"] = rest_positions
+    timer = timer or (lambda rows: nullcontext())
     with torch.inference_mode():
-        output = adapter.model(**prefix_run, use_cache=True, logits_to_keep=1)
+        with timer(0):
+            output = adapter.model(**prefix_run, use_cache=True, logits_to_keep=1)
         cache = fork_cache(output.past_key_values, torch.zeros(len(prompts), dtype=torch.long))
         last = (lengths_t - 1).to(mask.device)
-        with capturing(adapter, locations, positions=last) as capture:
+        with timer(len(prompts)), capturing(adapter, locations, positions=last) as capture:
             adapter.model(**step_inputs, past_key_values=cache, use_cache=True, logits_to_keep=1)
     return capture.result()

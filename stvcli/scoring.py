@@ -3,8 +3,10 @@ greedy generation, each optionally with vectors inserted (``stvcli.engine``)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -78,3 +80,114 @@ def generate(
         )
     new_tokens = output[:, inputs["input_ids"].shape[1] :]
     return tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+
+
+def shared_answer_scores(
+    adapter: ModelAdapter,
+    prompts: Sequence[Prompt],
+    answers: Sequence[str],
+    candidates: Intervention | None,
+    n_candidates: int,
+    full_answer: bool = False,
+    batch_size: int | None = None,
+    timer: Callable[[int], AbstractContextManager[Any]] | None = None,
+) -> AnswerScores | None:
+    """``answer_scores`` of every (prompt, candidate) pair, sharing each prompt's prefix.
+
+    Row ``q * n_candidates + s`` is prompt q with candidate s (``candidates`` holds per-
+    candidate rows: vectors [S, K, D] and/or row_mask [S, K]). Each prompt (with its
+    answer, tokenized exactly as ``answer_scores`` does) runs once up to its last prompt
+    token with a KV cache; then all rows run one batched step over copies of their
+    prompt's cache: the last prompt token only (``full_answer=False``: ``first_token`` is
+    exact, ``total`` is NaN for answers of several tokens) or the last prompt token and
+    the answer tokens but the final one (``full_answer=True``: both exact). Vectors are
+    inserted at the step's positions, as ``answer_scores`` inserts them.
+
+    ``timer(rows)`` wraps each model call (a stage meter). None when the prompts cannot
+    be split (callers run ``answer_scores`` per row instead).
+    """
+    from stvcli.prefix import per_token_keys, realign, run_prefix, step
+
+    timer = timer or (lambda rows: nullcontext())
+    inputs, n_answer = adapter.encode_with_answers(prompts, answers)
+    ids = inputs["input_ids"]
+    width_full = ids.shape[1]
+    lengths = inputs["attention_mask"].sum(1).cpu()
+    n_answer = n_answer.cpu()
+    steps = n_answer.clone() if full_answer else torch.ones_like(n_answer)  # step positions whose logits count
+    drop = torch.ones_like(n_answer) if full_answer else n_answer  # tokens cut from the end of each row
+    keys = per_token_keys(inputs)
+    first_out = torch.empty(len(prompts), n_candidates)
+    total_out = torch.empty(len(prompts), n_candidates)
+    # Prompts whose steps have the same length share one prefix batch (then the step's
+    # columns are exactly each row's last prompt token and answer tokens, never images).
+    for n in sorted(set(steps.tolist())):
+        same = (steps == n).nonzero().flatten()
+        for chunk in same.split(batch_size or len(same)):
+            keep_lengths = lengths[chunk] - drop[chunk]
+            part = {k: (v[chunk.to(v.device)] if k in keys else v) for k, v in inputs.items()}
+            if len(chunk) != len(prompts) and any(k not in keys and isinstance(v, torch.Tensor) for k, v in inputs.items()):
+                # image tensors cannot be split by row generically: encode the chunk on its own
+                sub, sub_answers = adapter.encode_with_answers([prompts[int(q)] for q in chunk],
+                                                               [answers[int(q)] for q in chunk])
+                part, sub_lengths = sub, sub["attention_mask"].sum(1).cpu()
+                if not torch.equal(sub_answers.cpu(), n_answer[chunk]):
+                    return None
+                keep_lengths = sub_lengths - drop[chunk]
+                part_lengths, part_width = sub_lengths, sub["input_ids"].shape[1]
+            else:
+                part_lengths, part_width = lengths[chunk], width_full
+            truncated = realign(part, per_token_keys(part), keep_lengths, part_width - part_lengths,
+                                int(keep_lengths.max()), adapter)
+            answer_ids = torch.stack([part["input_ids"][b, part_width - int(n_answer[q]) :][:n].cpu()
+                                      for b, q in enumerate(chunk.tolist())])  # [Qc, n]
+            with timer(0):
+                state = run_prefix(adapter, truncated, n)
+            if state is None:
+                return None
+            scored = _score_rows(adapter, state, candidates, n_candidates, answer_ids, n, batch_size, timer)
+            first_out[chunk], total_out[chunk] = scored
+    first_out, total_out = first_out.flatten(), total_out.flatten()
+    n_tokens = n_answer.repeat_interleave(n_candidates)
+    if not full_answer:
+        total_out = torch.where(n_tokens == 1, first_out, torch.full_like(first_out, float("nan")))
+    return AnswerScores(first_out, total_out, n_tokens)
+
+
+def _score_rows(adapter, state, candidates, n_candidates, answer_ids, n, batch_size, timer):
+    """First-token and summed log-probs [Qc, S] of every (prompt, candidate) row of a prefix batch."""
+    from stvcli.prefix import step
+
+    n_queries = len(answer_ids)
+    total_rows = n_queries * n_candidates
+    query_of = torch.arange(n_queries).repeat_interleave(n_candidates)
+    candidate_of = torch.arange(n_candidates).repeat(n_queries)
+    first_out = torch.empty(total_rows)
+    total_out = torch.empty(total_rows)
+    trailing = torch.full((total_rows,), n, dtype=torch.long)
+    size = batch_size or total_rows
+    start = 0
+    while start < total_rows:
+        rows = slice(start, min(total_rows, start + size))
+        q_index, s_index = query_of[rows], candidate_of[rows]
+        intervention = None
+        if candidates is not None:
+            vectors = candidates.vectors[s_index] if candidates.vectors.ndim == 3 else candidates.vectors
+            mask = None if candidates.row_mask is None else candidates.row_mask[s_index]
+            intervention = Intervention(candidates.locations, vectors, candidates.mode, mask)
+        try:
+            with timer(len(q_index)), applied(adapter, intervention, trailing=trailing[rows]):
+                logits = step(adapter, state, q_index, keep=n)  # [R, n, V]
+        except torch.cuda.OutOfMemoryError:
+            if batch_size is not None or size == 1:
+                raise
+            torch.cuda.empty_cache()
+            size = max(1, size // 2)
+            continue
+        log_probs = torch.log_softmax(logits, dim=-1)
+        targets = answer_ids[q_index].to(log_probs.device)
+        token_lp = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1).cpu()  # [R, n]
+        first_out[rows] = token_lp[:, 0]
+        total_out[rows] = token_lp.sum(1)
+        start = rows.stop
+    return first_out.view(n_queries, n_candidates), total_out.view(n_queries, n_candidates)

@@ -8,6 +8,7 @@ one-line ModelError that says how to fix it.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -158,6 +159,24 @@ def is_vision_config(config: Any) -> bool:
     return config.model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES or "AutoModelForImageTextToText" in auto_map
 
 
+def _processor_chat_template(source: ModelSource, revision: str | None) -> str | None:
+    """The processor-level chat template (chat_template.jinja / .json) a snapshot ships, if any."""
+    from transformers.utils import cached_file
+
+    for filename in ("chat_template.jinja", "chat_template.json"):
+        try:
+            path = cached_file(
+                source.location, filename, revision=revision, local_files_only=True,
+                _raise_exceptions_for_missing_entries=False,
+            )  # fmt: skip
+        except OSError:
+            path = None
+        if path:
+            text = Path(path).read_text(encoding="utf-8")
+            return json.loads(text)["chat_template"] if filename.endswith(".json") else text
+    return None
+
+
 def _load_processor(cls: type[ModelAdapter], config: Any, source: ModelSource, hub: dict[str, Any]) -> Any:
     """The processor for VLM adapters (parts when AutoProcessor refuses), else the tokenizer."""
     if not (issubclass(cls, VisionAdapter) and is_vision_config(config)):
@@ -174,6 +193,8 @@ def _load_processor(cls: type[ModelAdapter], config: Any, source: ModelSource, h
     processor = cls.processor_from_parts(config, tokenizer, image_processor)
     if processor is None:
         raise ModelError(f"cannot build the processor of {source.location!r}: {reason}")
+    if not getattr(processor, "chat_template", None):
+        processor.chat_template = _processor_chat_template(source, hub.get("revision"))
     log.info("built %s from tokenizer + image processor (%s)", type(processor).__name__, reason)
     return processor
 

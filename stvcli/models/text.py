@@ -64,25 +64,36 @@ def _split_images(text: str) -> list[dict[str, str]]:
     return content
 
 
-class _ChatTemplateMixin:
-    """Settles ``use_chat_template``: the family default quietly yields to a missing template."""
+def chat_template_of(adapter: ModelAdapter) -> str | None:
+    """The chat template the adapter's processor or tokenizer ships, if any."""
+    return getattr(adapter.processor, "chat_template", None) or getattr(adapter.tokenizer, "chat_template", None)
 
-    def _settle_chat_template(self: Any, requested: bool | None) -> None:
-        if not self.use_chat_template:
-            return
-        if self._chat_template() is None:
-            if requested:
-                raise ModelError(
-                    f"{self.name} has no chat template; run without --chat-template or use a model that ships one"
-                )
-            self.use_chat_template = False
 
-    def _chat_template(self: Any) -> str | None:
-        return getattr(self.processor, "chat_template", None) or getattr(self.tokenizer, "chat_template", None)
+def settle_chat_template(adapter: ModelAdapter, requested: bool | None) -> None:
+    """Keep ``use_chat_template`` only where a template exists.
+
+    The family default (``requested`` None) quietly falls back to raw text; an explicit
+    request for a template the model lacks is a ModelError.
+    """
+    if not adapter.use_chat_template or chat_template_of(adapter) is not None:
+        return
+    if requested:
+        raise ModelError(f"{adapter.name} has no chat template; run without --chat-template or use a model that ships one")
+    adapter.use_chat_template = False
+
+
+def without_duplicate_bos(adapter: ModelAdapter, rendered: str) -> str:
+    """Drop a template's leading BOS text when the tokenizer adds BOS itself (else BOS twice)."""
+    tokenizer = adapter.tokenizer
+    bos = getattr(tokenizer, "bos_token", None)
+    if not bos or not rendered.startswith(bos):
+        return rendered
+    ids = tokenizer("x")["input_ids"]
+    return rendered[len(bos) :] if ids and ids[0] == tokenizer.bos_token_id else rendered
 
 
 @register
-class TextAdapter(_ChatTemplateMixin, ModelAdapter):
+class TextAdapter(ModelAdapter):
     """Text-only causal LMs: prompts are plain text (no images)."""
 
     family: ClassVar[str] = "text"
@@ -101,10 +112,14 @@ class TextAdapter(_ChatTemplateMixin, ModelAdapter):
 
     def __init__(self, model: nn.Module, processor: Any, name: str, **kwargs: Any) -> None:
         super().__init__(model, processor, name, **kwargs)
-        self._settle_chat_template(kwargs.get("use_chat_template"))
+        settle_chat_template(self, kwargs.get("use_chat_template"))
+
+    def render_text(self, text: str, n_images: int) -> str:
+        rendered = super().render_text(text, n_images)
+        return without_duplicate_bos(self, rendered) if self.use_chat_template else rendered
 
 
-class VisionAdapter(_ChatTemplateMixin, ModelAdapter):
+class VisionAdapter(ModelAdapter):
     """A VLM driven by its processor: one image token per image, expanded by the processor.
 
     Subclasses set how one image is written in raw (template-free) text and how images
@@ -118,7 +133,7 @@ class VisionAdapter(_ChatTemplateMixin, ModelAdapter):
     def __init__(self, model: nn.Module, processor: Any, name: str, **kwargs: Any) -> None:
         super().__init__(model, processor, name, **kwargs)
         self._configure_processor()
-        self._settle_chat_template(kwargs.get("use_chat_template"))
+        settle_chat_template(self, kwargs.get("use_chat_template"))
 
     @classmethod
     def processor_from_parts(cls, config: Any, tokenizer: Any, image_processor: Any) -> Any:
@@ -142,7 +157,8 @@ class VisionAdapter(_ChatTemplateMixin, ModelAdapter):
         if self.use_chat_template:
             messages = [{"role": "user", "content": _split_images(text)}]
             renderer = self.processor if getattr(self.processor, "chat_template", None) else self.tokenizer
-            return renderer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            rendered = renderer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            return without_duplicate_bos(self, rendered)
         return text.replace(IMAGE_PLACEHOLDER, self.image_text())
 
     def _encode_batch(self, texts: list[str], images: list[list[Any]]) -> dict[str, torch.Tensor]:

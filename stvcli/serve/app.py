@@ -102,7 +102,8 @@ def create_app(
     @app.get("/health")
     async def health() -> dict:
         stats = worker.stats
-        return {"status": "ok", "queued": worker.queued, "batches": stats.batches, "rows": stats.rows}
+        return {"status": "ok", "queued": worker.queued, "batches": stats.batches, "rows": stats.rows,
+                "tokens": stats.tokens}
 
     @app.get("/v1/models", dependencies=[Depends(authorize)])
     async def list_models() -> ModelList:

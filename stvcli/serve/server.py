@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import logging
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -14,9 +14,6 @@ from stvcli.errors import StvError
 from stvcli.models.base import ModelAdapter
 from stvcli.serve.config import ServeConfig
 from stvcli.vectors import TaskVectors
-
-log = logging.getLogger("stvcli.serve")
-
 
 def model_name(config: ServeConfig) -> str:
     """``--model``, else the model recorded in the first vectors file."""
@@ -53,8 +50,7 @@ def serve(config: ServeConfig) -> None:
                        "pip install 'stvcli[serve]'") from None
     warning = non_loopback_warning(config)
     if warning:
-        log.warning(warning)
-        print(f"\n{'!' * 78}\n{warning}\n{'!' * 78}\n", flush=True)
+        print(f"\n{'!' * 78}\n{warning}\n{'!' * 78}\n", file=sys.stderr, flush=True)
     app = create_app(config)
     catalog = app.state.catalog
     print(f"stv serve-local: http://{config.host}:{config.port}/v1 serving {', '.join(catalog.ids())}", flush=True)

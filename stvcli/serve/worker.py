@@ -87,12 +87,14 @@ class Job:
 class WorkerStats:
     batches: int = 0
     rows: int = 0
+    tokens: int = 0  # completion tokens
     largest_batch: int = 0
     recent: deque[tuple[str | None, ...]] = field(default_factory=lambda: deque(maxlen=64))  # model ids per forward
 
-    def record(self, jobs: Sequence[Job]) -> None:
+    def record(self, jobs: Sequence[Job], results: Sequence[RowResult]) -> None:
         self.batches += 1
         self.rows += len(jobs)
+        self.tokens += sum(result.completion_tokens for result in results)
         self.largest_batch = max(self.largest_batch, len(jobs))
         self.recent.append(tuple(job.model_id for job in jobs))
 
@@ -188,7 +190,7 @@ class Worker:
                 for job in group:
                     job.push(Failed(server_error(f"generation failed: {type(error).__name__}: {error}")))
                 continue
-            self.stats.record(group)
+            self.stats.record(group, results)
             for job, result in zip(group, results, strict=True):
                 job.push(Finished(result))
 

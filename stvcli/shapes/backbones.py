@@ -22,8 +22,6 @@ from rich.console import Console
 from stvcli.cache import cache_dir, ensure_built
 from stvcli.errors import StvError
 
-console = Console(stderr=True)
-
 
 @dataclass(frozen=True)
 class BackboneSpec:
@@ -99,24 +97,24 @@ def backbone_dir(name: str, cache: str | Path | None = None) -> Path:
     return cache_dir(cache) / "backbones" / backbone_spec(name).name
 
 
-def ensure_backbone(name: str = "smollm2", cache: str | Path | None = None) -> Path:
+def ensure_backbone(name: str = "smollm2", cache: str | Path | None = None, *, quiet: bool = False) -> Path:
     """The converted backbone's directory, converting the GGUF on first use.
 
     The result loads with ``AutoModelForCausalLM.from_pretrained(dir)`` and
     ``AutoTokenizer.from_pretrained(dir)``. A directory whose files fail their
-    checksums is rebuilt.
+    checksums is rebuilt. Status lines go to stderr unless ``quiet``.
     """
     spec = backbone_spec(name)
     spec.package_dir()  # fail fast, before any work, when the package is missing
-    target = backbone_dir(name, cache)
+    console = Console(stderr=True, quiet=quiet)
     return ensure_built(
-        target,
-        lambda staging: _convert(spec, staging),
+        backbone_dir(name, cache),
+        lambda staging: _convert(spec, staging, console),
         on_rebuild=lambda why: console.print(f"[yellow]stv: rebuilding the {name} backbone ({why})[/]"),
     )
 
 
-def _convert(spec: BackboneSpec, out: Path) -> dict[str, Any]:
+def _convert(spec: BackboneSpec, out: Path, console: Console) -> dict[str, Any]:
     """Dequantize the GGUF into a float32 model and save it (with its tokenizer) in ``out``."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer

@@ -15,6 +15,8 @@ the LM, so ~1,200 steps of batch 128 take a couple of minutes on a CPU.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import math
 import os
 import time
@@ -26,14 +28,13 @@ from typing import Any
 
 import torch
 from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 
 from stvcli.cache import cache_dir, ensure_built
 from stvcli.errors import StvError
 from stvcli.shapes.backbones import backbone_spec, ensure_backbone
 from stvcli.shapes.world import DESCRIPTION_WORDS, IMAGE_SIZE, draw, sample_scene, split_rng
-
-console = Console(stderr=True)
 
 IMAGE_TOKEN = "<image>"
 PATCH_SIZE = 16
@@ -65,34 +66,50 @@ VISION_CONFIG: dict[str, Any] = dict(
 )
 
 
-def shapes_model_dir(backbone: str = "smollm2", cache: str | Path | None = None) -> Path:
-    """Where the shapes model on ``backbone`` lives (whether or not it is built yet)."""
-    return cache_dir(cache) / "shapes" / f"{backbone_spec(backbone).name}-v{BUILD_VERSION}"
+def shapes_model_dir(
+    backbone: str = "smollm2", cache: str | Path | None = None, settings: TrainSettings | None = None
+) -> Path:
+    """Where the shapes model on ``backbone`` lives (whether or not it is built yet);
+    non-default training settings get a directory of their own."""
+    name = f"{backbone_spec(backbone).name}-v{BUILD_VERSION}"
+    if settings is not None and dataclasses.replace(settings, threads=None) != TrainSettings():
+        name += "-" + hashlib.sha1(repr(dataclasses.replace(settings, threads=None)).encode()).hexdigest()[:8]
+    return cache_dir(cache) / "shapes" / name
 
 
 def ensure_shapes_model(
-    backbone: str = "smollm2", cache: str | Path | None = None, settings: TrainSettings | None = None
+    backbone: str = "smollm2",
+    cache: str | Path | None = None,
+    *,
+    settings: TrainSettings | None = None,
+    quiet: bool = False,
 ) -> Path:
     """The shapes model's directory, building it (once, atomically) when it is missing
-    or fails its checksums."""
+    or fails its checksums. Status lines go to stderr unless ``quiet``."""
     backbone_spec(backbone)  # unknown names fail before anything is built
-    target = shapes_model_dir(backbone, cache)
+    console = Console(stderr=True, quiet=quiet)
     return ensure_built(
-        target,
-        lambda staging: build_shapes_model(backbone, staging, cache=cache, settings=settings),
+        shapes_model_dir(backbone, cache, settings),
+        lambda staging: build_shapes_model(backbone, staging, cache=cache, settings=settings, console=console),
         on_rebuild=lambda why: console.print(f"[yellow]stv: rebuilding the shapes model on {backbone} ({why})[/]"),
     )
 
 
 def build_shapes_model(
-    backbone: str, out: Path, *, cache: str | Path | None = None, settings: TrainSettings | None = None
+    backbone: str,
+    out: Path,
+    *,
+    cache: str | Path | None = None,
+    settings: TrainSettings | None = None,
+    console: Console | None = None,
 ) -> dict[str, Any]:
     """Build, train, check and save the shapes model into ``out``; returns build facts."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     settings = settings or TrainSettings()
+    console = console or Console(stderr=True)
     start = time.perf_counter()
-    lm_dir = ensure_backbone(backbone, cache)
+    lm_dir = ensure_backbone(backbone, cache, quiet=console.quiet)
     console.print(f"stv: building the shapes model on {backbone} once (about 2-4 minutes on a CPU)")
     with console.status(f"loading the {backbone} backbone"):
         tokenizer = AutoTokenizer.from_pretrained(lm_dir)
@@ -103,7 +120,7 @@ def build_shapes_model(
     model, processor = _assemble(lm, tokenizer)
     del lm
     with _threads(settings.threads):
-        loss = _train(model, processor, targets, settings)
+        loss = _train(model, processor, targets, settings, console)
         accuracy = nearest_word_accuracy(model, processor, tokenizer, n_images=256, seed=settings.seed)
     console.print(f"stv: image tokens whose nearest word embedding is their target: {accuracy:.1%}")
     if accuracy < 0.9:
@@ -198,7 +215,7 @@ def image_features(model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor
     return torch.stack(list(out.pooler_output))
 
 
-def _train(model: nn.Module, processor: Any, targets: torch.Tensor, settings: TrainSettings) -> float:
+def _train(model: nn.Module, processor: Any, targets: torch.Tensor, settings: TrainSettings, console: Console) -> float:
     """Regress every image's 4 tokens onto its words' embeddings; returns the final loss."""
     torch.manual_seed(settings.seed)
     trainable = [*model.model.vision_tower.parameters(), *model.model.multi_modal_projector.parameters()]
@@ -215,10 +232,8 @@ def _train(model: nn.Module, processor: Any, targets: torch.Tensor, settings: Tr
     model.model.vision_tower.train()
     model.model.multi_modal_projector.train()
     recent: list[float] = []
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
     columns = (TextColumn("training the vision tower"), BarColumn(), TextColumn("loss {task.fields[loss]:.3f}"), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=True) as progress:
+    with Progress(*columns, console=console, transient=True, disable=console.quiet) as progress:
         task = progress.add_task("train", total=settings.steps, loss=float("nan"))
         for _ in range(settings.steps):
             batch = torch.randint(0, len(pixels), (settings.batch_size,), generator=generator)

@@ -2,10 +2,10 @@
 
 Four families of variants, all deterministic in (seed, split, index):
 
-- attribute naming (``colour``, ``shape``, ``size``, ``position``, ``count``): the answer
+- attribute naming (``color``, ``shape``, ``size``, ``position``, ``count``): the answer
   is the attribute's own word; prompts carry no instruction, so only the
   demonstrations say WHICH attribute is asked;
-- relabelled naming (``colour-swap``, ``fruit``, ``animal``, ``fruit-noisy``): a fixed,
+- relabelled naming (``color-swap``, ``fruit``, ``animal``, ``fruit-noisy``): a fixed,
   deliberately unnatural map from attribute values to label words (red -> " lemon"),
   which only demonstrations reveal; ``fruit-noisy`` also flips a quarter of the
   SUPPORT labels, so a few shots mislead and many shots average the noise out;
@@ -23,12 +23,25 @@ Support labels may be noisy; test labels never are.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
 
 from stvcli.data.types import Item
-from stvcli.shapes.world import COLOURS, POSITIONS, SHAPES, SIZES, Scene, draw, sample_scene, scenes, split_rng
+from stvcli.data.episodes import make_episode
+from stvcli.shapes.world import (
+    ATTRIBUTE_VALUES,
+    COLOURS,
+    COUNT_WORDS,
+    POSITIONS,
+    SHAPES,
+    SIZES,
+    Scene,
+    draw,
+    sample_scene,
+    scene_key,
+    scenes,
+    split_rng,
+)
 
 SPLITS = ("support", "test")
 
@@ -47,10 +60,8 @@ class Variant:
     def values(self) -> tuple[str, ...]:
         """The attribute's possible values in these scenes."""
         if self.attribute == "count":
-            from stvcli.shapes.world import COUNT_WORDS
-
             return tuple(COUNT_WORDS[c] for c in sorted(set(self.counts)))
-        return {"colour": tuple(COLOURS), "shape": SHAPES, "size": SIZES, "position": POSITIONS}[self.attribute]
+        return ATTRIBUTE_VALUES[self.attribute]
 
     def labels(self) -> tuple[str, ...]:
         """Every label word this variant answers with (each must be one token)."""
@@ -68,12 +79,12 @@ SWAPPED_COLOUR = {"red": "green", "green": "blue", "blue": "yellow", "yellow": "
 VARIANTS: dict[str, Variant] = {
     v.name: v
     for v in (
-        Variant("colour", "colour", counts=(1, 1, 2, 3)),
+        Variant("color", "colour", counts=(1, 1, 2, 3)),
         Variant("shape", "shape", counts=(1, 1, 2, 3)),
         Variant("size", "size"),
         Variant("position", "position"),
         Variant("count", "count", counts=(1, 2, 3)),
-        Variant("colour-swap", "colour", counts=(1, 1, 2, 3), relabel=SWAPPED_COLOUR),
+        Variant("color-swap", "colour", counts=(1, 1, 2, 3), relabel=SWAPPED_COLOUR),
         Variant("fruit", "colour", counts=(1, 1, 2, 3), relabel=FRUIT_OF_COLOUR),
         Variant("fruit-noisy", "colour", counts=(1, 1, 2, 3), relabel=FRUIT_OF_COLOUR, support_noise=0.25),
         Variant("animal", "shape", counts=(1, 1, 2, 3), relabel=ANIMAL_OF_SHAPE),
@@ -99,7 +110,12 @@ def naming_items(variant: Variant, split: str, n: int, seed: int = 0) -> list[It
                 uid=f"shapes-{variant.name}-{seed}-{split}-{index}",
                 answers=(label,),
                 images=(partial(draw, scene),),
-                fields={"scene": scene, "attribute": variant.attribute, "clean_answer": clean},
+                fields={
+                    "scene": scene,
+                    "attribute": variant.attribute,
+                    "clean_answer": clean,
+                    "image_keys": (scene_key(scene),),
+                },
             )
         )
     return items
@@ -136,7 +152,12 @@ def vqa_items(split: str, n: int, seed: int = 0) -> list[Item]:
                 question=QUESTIONS[asked],
                 answers=answers,
                 images=(partial(draw, scene),),
-                fields={"scene": scene, "attribute": asked, "question_id": f"{split}-{index}"},
+                fields={
+                    "scene": scene,
+                    "attribute": asked,
+                    "question_id": f"{split}-{index}",
+                    "image_keys": (scene_key(scene),),
+                },
             )
         )
     return items
@@ -145,7 +166,9 @@ def vqa_items(split: str, n: int, seed: int = 0) -> list[Item]:
 def _askable(scene: Scene) -> list[str]:
     if scene.count == 1:
         return list(QUESTIONS)
-    return ["colour", "shape", "count"]  # an empty image may be asked anything of these
+    if scene.empty:
+        return ["colour", "shape", "position"]  # unanswerable: there is no shape
+    return ["colour", "shape", "count"]  # several shapes have no one position
 
 
 def _annotate(scene: Scene, attribute: str, rng: random.Random) -> tuple[str, ...]:
@@ -154,7 +177,7 @@ def _annotate(scene: Scene, attribute: str, rng: random.Random) -> tuple[str, ..
         return (UNANSWERABLE,) * _ANNOTATORS
     truth = scene.attribute(attribute)
     assert truth is not None
-    alternatives = [v for v in _attribute_values(attribute) if v != truth]
+    alternatives = [v for v in ATTRIBUTE_VALUES[attribute] if v != truth]
     others = []
     for _ in range(_ANNOTATORS - 1):
         draw_ = rng.random()
@@ -167,20 +190,13 @@ def _annotate(scene: Scene, attribute: str, rng: random.Random) -> tuple[str, ..
     return (truth, *others)
 
 
-def _attribute_values(attribute: str) -> Sequence[str]:
-    return {"colour": list(COLOURS), "shape": SHAPES, "size": SIZES, "position": POSITIONS, "count": ["one", "two", "three"]}[
-        attribute
-    ]
-
-
 # ---------------------------------------------------------------------- episodes
-EPISODE_QUESTION = "What is the type of shape in the image?"
-LETTERS = ("A", "B")
+EPISODE_SUBJECT = "shape"  # "What is the type of shape in the image? A.red circle B.blue cross"
 
 
 def episode_classes(split: str) -> list[str]:
-    """Class names ("red circle") whose episodes belong to ``split``: a checkerboard
-    over colour x shape, so every colour and every shape occurs in both splits."""
+    """Positive classes ("red circle") of ``split``'s episodes: a checkerboard over
+    colour x shape, so the splits share no positive class but every colour and shape."""
     _check_split(split)
     parity = 0 if split == "support" else 1
     return [
@@ -191,38 +207,31 @@ def episode_classes(split: str) -> list[str]:
     ]
 
 
-def episode_items(split: str, n: int, seed: int = 0) -> list[Item]:
-    """``n`` 2-way 1-shot episodes; the positive class is the query's.
+def all_classes() -> list[str]:
+    return [f"{colour} {shape}" for colour in COLOURS for shape in SHAPES]
 
-    Fields: ``pos_label``, ``neg_label``, ``pos_image``, ``neg_image`` (lazy images),
-    ``options`` (the class names as options A and B) and ``target`` (the letter).
-    The query image is the item's only image.
-    """
+
+def episode_items(split: str, n: int, seed: int = 0) -> list[Item]:
+    """``n`` MTV-style 2-way 1-shot episodes (``stvcli.data.episodes.make_episode``
+    fields): the positive class is one of ``split``'s, the negative any other class;
+    one support image per class, then a query of the positive class."""
     rng = split_rng(seed, f"episode:{split}")
-    classes = episode_classes(split)
+    positives, everything = episode_classes(split), all_classes()
     items = []
     for index in range(n):
-        positive, negative = rng.sample(classes, 2)
-        pos_image, neg_image, query = (_class_scene(name, rng) for name in (positive, negative, positive))
-        options = (positive, negative) if rng.random() < 0.5 else (negative, positive)
-        letter = LETTERS[options.index(positive)]
-        items.append(
-            Item(
-                uid=f"shapes-episode-{seed}-{split}-{index}",
-                question=EPISODE_QUESTION,
-                answers=(positive,),
-                images=(partial(draw, query),),
-                fields={
-                    "pos_label": positive,
-                    "neg_label": negative,
-                    "pos_image": partial(draw, pos_image),
-                    "neg_image": partial(draw, neg_image),
-                    "options": options,
-                    "target": letter,
-                    "scene": query,
-                },
-            )
+        positive = rng.choice(positives)
+        negative = rng.choice([name for name in everything if name != positive])
+        pos_scene, neg_scene, query = (_class_scene(name, rng) for name in (positive, negative, positive))
+        episode = make_episode(
+            uid=f"shapes-episode-{seed}-{split}-{index}",
+            query=partial(draw, query),
+            query_key=scene_key(query),
+            positive=positive,
+            classes=[(positive, [partial(draw, pos_scene)]), (negative, [partial(draw, neg_scene)])],
+            seed=seed,
         )
+        episode.fields["scene"] = query
+        items.append(episode)
     return items
 
 

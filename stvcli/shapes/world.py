@@ -40,6 +40,15 @@ POSITIONS: tuple[str, ...] = ("top", "bottom", "left", "right")
 COUNT_WORDS: dict[int, str] = {0: "zero", 1: "one", 2: "two", 3: "three"}
 EMPTY_WORD = "nothing"
 
+#: The values of every attribute, as words.
+ATTRIBUTE_VALUES: dict[str, tuple[str, ...]] = {
+    "colour": tuple(COLOURS),
+    "shape": SHAPES,
+    "size": SIZES,
+    "position": POSITIONS,
+    "count": (COUNT_WORDS[1], COUNT_WORDS[2], COUNT_WORDS[3]),
+}
+
 #: Every word an image token may stand for (the vision tower's regression targets).
 DESCRIPTION_WORDS: tuple[str, ...] = (
     *COLOURS,
@@ -92,7 +101,7 @@ class Scene:
         """The value of ``colour``, ``shape``, ``size``, ``position`` or ``count`` (a word)."""
         if name == "count":
             return COUNT_WORDS[self.count]
-        if name not in ("colour", "shape", "size", "position"):
+        if name not in ATTRIBUTE_VALUES:
             raise KeyError(f"unknown attribute {name!r}")
         return getattr(self, name)
 
@@ -104,6 +113,11 @@ class Scene:
         last = self.position if self.count == 1 else COUNT_WORDS[self.count]
         assert last is not None
         return (self.colour, self.shape, self.size, last)
+
+
+def scene_key(scene: Scene) -> str:
+    """An identity key of the scene's image (equal keys, equal pixels)."""
+    return f"shapes:{scene.count}:{scene.colour}:{scene.shape}:{scene.size}:{scene.position}:{scene.seed}"
 
 
 # ---------------------------------------------------------------------- sampling

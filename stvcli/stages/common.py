@@ -103,7 +103,7 @@ def say_rank(message: str, quiet: bool = False) -> None:
     """A status line from every rank, prefixed with the rank when there are several."""
     if not quiet:
         prefix = f"[rank {rank()}/{world_size()}] " if world_size() > 1 else ""
-        console.print(prefix + message, highlight=False)
+        console.print(prefix + message, highlight=False, markup=False)
 
 
 def default_batch_size() -> int:

@@ -32,6 +32,10 @@ class ScanConfig(StageOptions):
     sensitivity: Literal["l2", "relative"] = "l2"
     seed: int = 0
     keep_contexts: int = 100  # many-shot activations kept for the bank (at the K locations)
+    # Queries per sampled demonstration set in the many-shot passes: 1 = the paper's
+    # independent sampling; G > 1 encodes each set's prefix once for G queries (faster,
+    # fewer independent demonstration sets: see docs/benchmarks.md).
+    group_size: int = Field(default=1, ge=1)
 
     @model_validator(mode="after")
     def _one_k(self) -> "ScanConfig":

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from stvcli import distributed as dist
 from stvcli.artifacts import compare_fingerprints, load_artifact, versions
 from stvcli.config import ModelOptions
 from stvcli.data.context import check_icl_fits
@@ -192,7 +193,12 @@ def resolve_inputs(config: EvalConfig) -> tuple[ModelOptions, DataOptions, TaskV
 
 
 def run_eval(config: EvalConfig) -> dict[str, Any]:
-    """Evaluate every method, write results.json (and samples), return the results dict."""
+    """Evaluate every method, write results.json (and samples), return the results dict.
+
+    Under torchrun each rank generates for its contiguous share of the items; the
+    samples are gathered (item order) and rank 0 writes the results.
+    """
+    dist.init()
     methods = parse_methods(config.methods)
     if config.workspace is None and any(m.base in WORKSPACE_METHODS for m in methods):
         names = ", ".join(m.name for m in methods if m.base in WORKSPACE_METHODS)
@@ -214,13 +220,28 @@ def run_eval(config: EvalConfig) -> dict[str, Any]:
     for method in methods:
         intervention, stats = builder.for_method(method)
         build_stats.update({f"{method.base}_{k}": v for k, v in stats.items()})
-        results.append(evaluate_method(adapter, task_data, items, method, intervention, config))
+        results.append(_evaluate_shared(adapter, task_data, items, method, intervention, config))
         say(f"eval: {method.name}: {results[-1].summary['accuracy']:.3f} (n={results[-1].summary['n']})",
             config.quiet)
     report = build_report(config, model_options, data_options, task.name, results, build_stats)
     output = config.output_path or config.workspace or Path("results")
-    write_results(Path(output), report, results if config.log_samples else [], task.name)
+    if dist.is_main():
+        write_results(Path(output), report, results if config.log_samples else [], task.name)
+    dist.barrier()
     return report
+
+
+def _evaluate_shared(adapter, task_data, items, method, intervention, config) -> MethodResult:
+    """``evaluate_method`` over every item; under torchrun each rank runs its contiguous
+    share and every rank gets the merged result (samples in item order)."""
+    if not dist.active():
+        return evaluate_method(adapter, task_data, items, method, intervention, config)
+    mine = dist.shard(items)
+    part = evaluate_method(adapter, task_data, mine, method, intervention, config) if mine else None
+    parts = [p for p in dist.all_gather_object(part) if p is not None]
+    samples = [sample for p in parts for sample in p.samples]
+    return MethodResult(method.name, summarize([s["score"] for s in samples]), samples,
+                        dist.merge_stats([p.stats for p in parts]))
 
 
 def stage_stats(workspace: Path | None) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from stvcli import distributed as dist
 from stvcli.artifacts import Artifact, load_artifact, save_artifact
 from stvcli.data.types import TaskData
 from stvcli.engine import all_locations
@@ -64,12 +65,17 @@ def run_mtv(
     quiet: bool = False,
     force: bool = False,
 ) -> MTVResult:
-    """Build (or reuse) ``W/mtv.safetensors`` from the scan's many-shot mean activations."""
+    """Build (or reuse) ``W/mtv.safetensors`` from the scan's many-shot mean activations.
+
+    Under torchrun like STV's search: same draws on every rank, each scores its slice
+    of the samples, gathered rewards, the same step everywhere; rank 0 writes.
+    """
+    dist.init()
     scan_path = artifact_path(workspace, "scan")
     scan = load_artifact(scan_path, "scan", fingerprint=adapter.fingerprint())
     settings = {**config.model_dump(mode="json"), "scan": file_digest(scan_path), "task": scan.settings["task"]}
     path = artifact_path(workspace, "mtv")
-    if reusable(path, "mtv", settings, force):
+    if dist.broadcast_object(reusable(path, "mtv", settings, force)):  # rank 0 decides
         done = load_artifact(path, "mtv")
         say(f"mtv: reusing {path}", quiet)
         extra = done.meta["extra"]
@@ -100,19 +106,23 @@ def run_mtv(
             generator = torch.Generator().manual_seed(config.seed * 1_000_003 + iteration)
             query = random.Random(config.seed * 1_000_003 + iteration).choice(train)
             masks = sample_masks(logits, config.samples, generator)
-            rewards = candidate_rewards(adapter, task, [query], candidates(masks), config.samples, "first-token",
-                                        meter, batch_size)
+            rewards = dist.gather_shares(config.samples, lambda a, b: candidate_rewards(  # this rank's samples
+                adapter, task, [query], candidates(masks[a:b]), b - a, "first-token", meter, batch_size))
             bernoulli_step(logits, optimizer, masks, rewards)
             rewards_log.append(float(rewards.mean()))
             bar.advance(job)
 
     draws = sample_masks(logits, config.best_of, torch.Generator().manual_seed(config.seed + 7))
-    scored = candidate_rewards(adapter, task, holdout or train[:1], candidates(draws), config.best_of, "first-token",
-                               meter, batch_size)
+    scored = dist.gather_shares(config.best_of, lambda a, b: candidate_rewards(
+        adapter, task, holdout or train[:1], candidates(draws[a:b]), b - a, "first-token", meter, batch_size))
     best = draws[int(scored.argmax())].bool()
     locations = every[best]
-    stats = meter.summary()
+    stats = dist.merge_stats(dist.all_gather_object(meter.summary()))
     stats["scan_forwards_shared"] = int(scan.meta["extra"].get("n_queries", 0))
+    result = MTVResult(means, locations, logits.detach().view(n_layers, n_heads), rewards_log, False, stats)
+    if not dist.is_main():  # rank 0 writes; every rank holds the same result
+        dist.barrier()
+        return result
     save_artifact(
         path,
         "mtv",
@@ -126,7 +136,8 @@ def run_mtv(
         extra={"stats": stats, "rewards": rewards_log},
     )
     say(f"mtv: {config.iterations} iterations, {len(locations)} heads selected -> {path}", quiet)
-    return MTVResult(means, locations, logits.detach().view(n_layers, n_heads), rewards_log, False, stats)
+    dist.barrier()  # the artifact exists before any rank reads it
+    return result
 
 
 def mtv_intervention(artifact: Artifact, mode: str = "replace"):

@@ -10,7 +10,8 @@ import torch
 from stvcli.data.types import Item, Task
 from stvcli.engine import Intervention
 from stvcli.models.base import ModelAdapter
-from stvcli.scoring import answer_scores
+from stvcli.prefix import can_share_prefix
+from stvcli.scoring import answer_scores, shared_answer_scores
 from stvcli.stages.common import Meter, run_batched
 
 Reward = Literal["first-token", "answer"]
@@ -34,12 +35,22 @@ def candidate_rewards(
     """Reward of each candidate, averaged over the zero-shot ``queries``: [S].
 
     ``candidates`` holds per-candidate rows (vectors [S, K, D] and/or row_mask [S, K]);
-    every query is run with every candidate, queries x candidates rows in batches.
+    every query is run with every candidate, queries x candidates rows in batches: over
+    each query's shared prefix where the family allows it (``stvcli.prefix``), else as
+    full forwards (the straightforward path, also under ``prefix.straightforward()``).
     Reward: minus the cross-entropy of the first answer token, or the answer's total
     log-likelihood.
     """
     prompts = [task.build_prompt(q) for q in queries]
     targets = [task.target(q) for q in queries]
+    if can_share_prefix(adapter):
+        # Each query's prompt runs once up to its last token (KV cache); all candidates x
+        # queries then run as one batched step over it (stvcli.prefix). Exact.
+        shared = shared_answer_scores(adapter, prompts, targets, candidates, n_candidates,
+                                      full_answer=reward == "answer", batch_size=batch_size, timer=meter.forward)
+        if shared is not None:
+            values = shared.first_token if reward == "first-token" else shared.total
+            return values.view(len(queries), n_candidates).mean(0)
     rows = [(qi, si) for qi in range(len(queries)) for si in range(n_candidates)]
 
     def run(chunk):

@@ -23,7 +23,17 @@ from stvcli.data.types import Item, Task, TaskData
 from stvcli.engine import capturing
 from stvcli.errors import StvError
 from stvcli.models.base import ModelAdapter
-from stvcli.stages.common import Meter, artifact_path, get_adapter, progress, reusable, run_batched, say, say_rank
+from stvcli.stages.common import (
+    Meter,
+    artifact_path,
+    default_batch_size,
+    get_adapter,
+    progress,
+    reusable,
+    run_batched,
+    say,
+    say_rank,
+)
 from stvcli.stages.config import ScanConfig
 
 # The paper's K = 300 on 32 x 32-head models, as a fraction of all heads.
@@ -72,9 +82,25 @@ def top_locations(scores: torch.Tensor, k: int) -> torch.Tensor:
     return torch.stack([order // n_heads, order % n_heads], dim=1).long()
 
 
-def many_shot_prompts(task: Task, queries: list[Item], pool: list[Item], shots: int, rng: random.Random):
-    """One many-shot prompt per query: ``shots`` demonstrations sampled from ``pool``."""
-    return [task.build_prompt(q, task.sample_demonstrations(pool, shots, rng, exclude=q)) for q in queries]
+def many_shot_prompts(
+    task: Task, queries: list[Item], pool: list[Item], shots: int, rng: random.Random, group_size: int = 1
+):
+    """One many-shot prompt per query: ``shots`` demonstrations sampled from ``pool``.
+
+    ``group_size`` G > 1: each run of G consecutive queries shares one sample (drawn
+    without any of the G), so its demonstration prefix can be encoded once
+    (``scan_pass``). G = 1 is the paper's independent sampling (and the same draws as
+    always for a given rng).
+    """
+    if group_size <= 1:
+        return [task.build_prompt(q, task.sample_demonstrations(pool, shots, rng, exclude=q)) for q in queries]
+    prompts = []
+    for start in range(0, len(queries), group_size):
+        group = queries[start : start + group_size]
+        uids = {q.uid for q in group}
+        demonstrations = task.sample_demonstrations([item for item in pool if item.uid not in uids], shots, rng)
+        prompts += [task.build_prompt(q, demonstrations) for q in group]
+    return prompts
 
 
 def capture_prompts(adapter: ModelAdapter, prompts, meter: Meter, batch_size, locations=None, on_batch=None):
@@ -89,6 +115,81 @@ def capture_prompts(adapter: ModelAdapter, prompts, meter: Meter, batch_size, lo
     return torch.stack(run_batched(run, prompts, batch_size, on_batch))
 
 
+def capture_grouped(
+    adapter: ModelAdapter, prompts, meter: Meter, batch_size, group_size: int, locations=None, on_batch=None,
+    first_index: int = 0,
+) -> torch.Tensor:
+    """``capture_prompts`` for many-shot prompts sampled in groups (``many_shot_prompts``):
+    each group's shared demonstration prefix runs once and its queries run over its KV
+    cache (``stvcli.prefix.capture_shared``, exact). Groups are the runs of ``group_size``
+    counted from ``first_index`` (the position of ``prompts[0]`` among all the queries).
+    Falls back to full forwards for a group that cannot share (G = 1, a family without
+    the capability, a tokenization that differs across the boundary)."""
+    from stvcli.prefix import can_share_prefix, capture_shared, shared_text_prefix
+
+    if group_size <= 1 or not can_share_prefix(adapter):
+        return capture_prompts(adapter, prompts, meter, batch_size, locations, on_batch)
+    out = []
+    start = 0
+    while start < len(prompts):
+        stop = min(len(prompts), start + group_size - (first_index + start) % group_size)
+        group = list(prompts[start:stop])
+        prefix = shared_text_prefix(group) if len(group) > 1 else None
+        result = None
+        if prefix is not None:
+            result = capture_shared(adapter, group, prefix, locations, timer=meter.forward)
+        if result is None:
+            result = capture_prompts(adapter, group, meter, batch_size, locations)
+        elif on_batch is not None:
+            on_batch(len(group))
+        out.append(result.cpu())
+        start = stop
+    return torch.cat(out)
+
+
+@dataclass
+class ScanPass:
+    """What the scan keeps of its forwards (never all [N, L, H, D] activations)."""
+
+    query_scores: torch.Tensor  # [N, L, H] per-query sensitivity
+    zero_sum: torch.Tensor  # [L, H, D] sum of the zero-shot activations
+    many_sum: torch.Tensor  # [L, H, D] sum of the many-shot activations
+    kept: torch.Tensor  # [min(N, keep), L, H, D] many-shot rows of the first ``keep`` queries
+
+
+def scan_pass(
+    adapter: ModelAdapter, zero_prompts, many_prompts, meter: Meter, batch_size, keep: int,
+    sensitivity: str = "l2", group_size: int = 1, on_batch=None, first_index: int = 0,
+) -> ScanPass:
+    """Zero- and many-shot forwards of every query, streamed: a chunk of queries at a time
+    (the batch size, rounded to whole groups), folded into running sums and per-query
+    scores, so memory holds one chunk plus ``keep`` many-shot rows, whatever N is."""
+    n = len(zero_prompts)
+    shape = (adapter.n_layers, adapter.n_heads, adapter.head_dim)
+    chunk = batch_size or default_batch_size()
+    if group_size > 1:
+        chunk = max(group_size, chunk // group_size * group_size)
+    scores, kept = [], []
+    zero_sum, many_sum = torch.zeros(shape), torch.zeros(shape)
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
+        zero = capture_prompts(adapter, zero_prompts[start:stop], meter, batch_size, on_batch=on_batch)
+        many = capture_grouped(adapter, many_prompts[start:stop], meter, batch_size, group_size, on_batch=on_batch,
+                               first_index=first_index + start)
+        scores.append(sensitivity_scores(zero, many, sensitivity))
+        zero_sum += zero.sum(0)
+        many_sum += many.sum(0)
+        if start < keep:
+            kept.append(many[: keep - start].clone())
+        del zero, many
+    return ScanPass(
+        torch.cat(scores) if scores else torch.zeros(0, *shape[:2]),
+        zero_sum,
+        many_sum,
+        torch.cat(kept) if kept else torch.zeros(0, *shape),
+    )
+
+
 def scan_settings(config: ScanConfig, shots: int, k: int) -> dict[str, Any]:
     return {
         "model": config.model.model_dump(),
@@ -100,6 +201,8 @@ def scan_settings(config: ScanConfig, shots: int, k: int) -> dict[str, Any]:
         "sensitivity": config.sensitivity,
         "seed": config.seed,
         "keep_contexts": config.keep_contexts,
+        # only when it changes the draws, so artifacts of the default stay reusable
+        **({"group_size": config.group_size} if config.group_size != 1 else {}),
     }
 
 
@@ -132,7 +235,7 @@ def run_scan(config: ScanConfig, task_data: TaskData | None = None) -> ScanResul
         say(f"scan: the support pool has {len(support)} items; scanning {n_queries} queries", config.quiet)
     queries = rng.sample(support, n_queries)
     zero_prompts = [task.build_prompt(q) for q in queries]
-    many_prompts = many_shot_prompts(task, queries, support, shots, rng)
+    many_prompts = many_shot_prompts(task, queries, support, shots, rng, config.group_size)
     if dist.active():
         return _scan_sharded(config, adapter, task_data, queries, zero_prompts, many_prompts, settings, k)
 
@@ -140,15 +243,15 @@ def run_scan(config: ScanConfig, task_data: TaskData | None = None) -> ScanResul
     with progress(config.quiet) as bar:
         job = bar.add_task("scan", total=2 * n_queries)
         advance = lambda n: bar.advance(job, n)  # noqa: E731
-        zero = capture_prompts(adapter, zero_prompts, meter, config.batch_size, on_batch=advance)
-        many = capture_prompts(adapter, many_prompts, meter, config.batch_size, on_batch=advance)
-    per_query = sensitivity_scores(zero, many, config.sensitivity)  # [N, L, H]
+        swept = scan_pass(adapter, zero_prompts, many_prompts, meter, config.batch_size, config.keep_contexts,
+                          config.sensitivity, config.group_size, on_batch=advance)
+    per_query = swept.query_scores  # [N, L, H]
     scores = per_query.mean(0)
     locations = top_locations(scores, k)
     stats = meter.summary()
-    kept = many[: config.keep_contexts, locations[:, 0], locations[:, 1]]  # [T, K, D]
-    _write_scan(config, adapter, task_data, settings, queries, scores, locations, zero.mean(0), many.mean(0),
-                per_query, kept, stats)
+    kept = swept.kept[:, locations[:, 0], locations[:, 1]]  # [T, K, D]
+    _write_scan(config, adapter, task_data, settings, queries, scores, locations, swept.zero_sum / n_queries,
+                swept.many_sum / n_queries, per_query, kept, stats)
     say(f"scan: {n_queries} queries x 2 forwards, top {k} of {scores.numel()} heads -> {path}", config.quiet)
     return ScanResult(scores, locations, False, stats)
 

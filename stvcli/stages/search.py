@@ -42,10 +42,15 @@ class SearchResult:
 def policy_step(
     logits: torch.Tensor, optimizer: torch.optim.Optimizer, choices: torch.Tensor, rewards: torch.Tensor
 ) -> None:
-    """One REINFORCE update of categorical logits [K, M] from choices [S, K] and rewards [S]."""
-    log_probs = torch.log_softmax(logits, dim=-1)  # [K, M]
+    """One REINFORCE update of categorical logits [K, M] from choices [S, K] and rewards [S].
+
+    The loss is computed in float64: the gradient of a cluster no sample chose is
+    -p * sum(advantages), zero in exact arithmetic; in float32 it is rounding noise
+    (~1e-9), which Adam's normalised first steps would turn into random moves of +-lr.
+    """
+    log_probs = torch.log_softmax(logits.double(), dim=-1)  # [K, M]
     chosen = log_probs.gather(1, choices.T).T  # [S, K]
-    loss = -(advantages(rewards) * chosen.sum(1)).sum()
+    loss = -(advantages(rewards.double()) * chosen.sum(1)).sum()
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()

@@ -1,7 +1,7 @@
 """Tiny random models of every supported family, built in-process (no hub, no GPU).
 
-Real transformers classes with the configs of docs TESTBED.md (2 layers, 4 heads of 16,
-hidden 64), one shared byte-level BPE tokenizer that knows every family's special
+Real transformers classes with the project's test-bed configs (2 layers, 4 heads of
+16, hidden 64; Gemma-3 with head_dim 32), one shared byte-level BPE tokenizer that knows every family's special
 tokens, and locally built image processors (PIL backends, 32x32 images). Each build
 takes tens of milliseconds; the trained tokenizer is cached per process, models are
 built fresh (seeded) so callers may mutate them.

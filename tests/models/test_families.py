@@ -152,3 +152,18 @@ def test_qwen_vl_writes_images_to_paths_in_img_tags(tmp_path):
     assert match, text
     with Image.open(Path(match[1])) as saved:
         assert saved.tobytes() == image.tobytes()
+
+
+@pytest.mark.parametrize("family", ["llama", "idefics3"])
+def test_template_bos_is_not_doubled(family):
+    model, processor = build_tiny(family)
+    template = "<s>{% for m in messages %}U: {{ m['content'] if m['content'] is string else 'x' }}{% endfor %}A:"
+    processor.chat_template = template
+    if hasattr(processor, "tokenizer"):
+        processor.tokenizer.chat_template = template
+    from stvcli.models.registry import adapter_for
+
+    adapter = adapter_for(model, processor, "bos", use_chat_template=True)
+    ids = adapter.encode([Prompt("hello")])["input_ids"][0].tolist()
+    bos = adapter.tokenizer.bos_token_id
+    assert ids[0] == bos and ids.count(bos) == 1

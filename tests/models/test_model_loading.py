@@ -123,3 +123,12 @@ def test_real_gguf_loads_and_continues_a_pattern():
     inputs = adapter.encode([Prompt("hot: cold\nbig: small\nup:")])
     out = adapter.model.generate(**inputs, max_new_tokens=2, do_sample=False)
     assert adapter.tokenizer.decode(out[0, inputs["input_ids"].shape[1] :]).strip().startswith("down")
+
+
+def test_fallback_processor_picks_up_the_snapshots_chat_template(tmp_path):
+    """Qwen2-VL's processor is rebuilt from parts here; its chat_template.jinja must survive."""
+    directory = save_tiny_model("qwen2-vl", tmp_path / "qwen")
+    (directory / "chat_template.jinja").write_text("{{ messages[0]['role'] }}:")
+    adapter = load_model(ModelOptions(model=str(directory)))
+    assert adapter.use_chat_template
+    assert adapter.render_text("hi", 0) == "user:"

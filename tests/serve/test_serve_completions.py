@@ -140,3 +140,19 @@ def test_eval_harness_payloads(served: Served) -> None:
         second = http.post("/v1/chat/completions", json=vlmevalkit).json()["choices"][0]["message"]["content"]
     assert first == reference(served, Prompt("Question: colour?<image>", (image_of(),)), "demo")
     assert second == reference(served, Prompt("<image>Question: colour?", (jpeg_image,)), "demo")
+
+
+def test_a_dropped_stream_stops_its_generation(served: Served) -> None:
+    """A client that hangs up early: its row stops (or never starts when still queued)."""
+    budget = 300
+    tokens = served.worker.stats.tokens
+    request = {"model": served.ids["demo"], "max_tokens": budget, "stream": True,
+               "messages": [{"role": "user", "content": "fox"}]}
+    with httpx.Client(base_url=served.url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60) as http:
+        with http.stream("POST", "/v1/chat/completions", json=request) as response:
+            assert response.status_code == 200
+            next(response.iter_lines())  # the first chunk, then hang up
+        # one worker, first in first out: once a later request is answered, the dropped one is settled
+        later = http.post("/v1/chat/completions", json=request | {"stream": False, "max_tokens": 2}).json()
+    dropped_tokens = served.worker.stats.tokens - tokens - later["usage"]["completion_tokens"]
+    assert dropped_tokens < budget  # this prompt runs to the full budget when nobody hangs up

@@ -12,20 +12,24 @@ from collections.abc import Iterator
 import pytest
 import torch
 from fastapi.testclient import TestClient
-from serve_helpers import API_KEY, FAMILY, Served, image_data_url, image_of, serve_config
+from serve_helpers import API_KEY, FAMILY, Served, image_data_url, image_of, serve_config, write_vectors
 
 from stvcli.config import ModelOptions
 from stvcli.errors import StvError
+from stvcli.models.loading import load_model
 from stvcli.prompt import Prompt
 from stvcli.scoring import generate
 from stvcli.serve import ServeConfig, serve
 from stvcli.serve.app import create_app
+from stvcli.serve.catalog import vector_set
 from stvcli.serve.errors import ApiError
 from stvcli.serve.generation import _first_stop, _held_back, _nucleus
 from stvcli.serve.images import decode_data_url
 from stvcli.serve.prompts import build_prompt
 from stvcli.serve.schema import ChatRequest
 from stvcli.serve.server import model_name, non_loopback_warning
+from stvcli.testing.tiny import save_tiny_model, tiny_adapter
+from stvcli.vectors import TaskVectors
 
 
 def test_config_carries_every_model_loading_option() -> None:
@@ -61,8 +65,6 @@ def test_model_defaults_to_the_vectors_model(vector_files, adapter) -> None:
 
 
 def test_vectors_for_another_model_are_refused(vector_files) -> None:
-    from stvcli.testing.tiny import tiny_adapter
-
     other_weights = tiny_adapter(FAMILY, seed=1)
     with pytest.raises(StvError, match="another model"):
         create_app(ServeConfig(vectors=[vector_files["demo"]]), other_weights)
@@ -74,9 +76,6 @@ def test_the_same_vectors_twice_are_refused(vector_files, adapter) -> None:
 
 
 def test_add_insertion_override_needs_a_baseline(adapter) -> None:
-    from stvcli.serve.catalog import vector_set
-    from stvcli.vectors import TaskVectors
-
     vectors = TaskVectors(torch.tensor([[0, 0]]), torch.ones(1, adapter.head_dim), None, "replace", "m", {}, "t", "d")
     with pytest.raises(StvError, match="--insert replace"):
         vector_set("m", vectors, "add")
@@ -168,3 +167,18 @@ def test_remote_images_when_allowed(image_host: str, vector_files, served: Serve
         assert response.json()["choices"][0]["message"]["content"] == expected
         missing = ask(f"{image_host}/dog.png")
         assert missing.status_code == 400 and missing.json()["error"]["code"] == "image_fetch_failed"
+
+
+def test_create_app_loads_the_model_recorded_in_the_vectors(tmp_path) -> None:
+    """No adapter given: the model directory named in the vectors file is loaded and checked."""
+    directory = save_tiny_model("llama", tmp_path / "tiny-llama")
+    loaded = load_model(ModelOptions(model=str(directory)))
+    vectors = write_vectors(loaded, tmp_path / "v.safetensors", "demo", seed=1)
+    app = create_app(ServeConfig(vectors=[vectors], device="cpu"))
+    with TestClient(app) as client:
+        ids = [card["id"] for card in client.get("/v1/models").json()["data"]]
+        assert ids[0] == TaskVectors.load(vectors).model and ids[1].startswith(f"{ids[0]}+demo@")
+        request = {"model": ids[1], "max_tokens": 4, "messages": [{"role": "user", "content": "hello"}]}
+        answer = client.post("/v1/chat/completions", json=request).json()["choices"][0]["message"]["content"]
+    expected = generate(loaded, [Prompt("hello")], 4, intervention=TaskVectors.load(vectors).intervention())[0]
+    assert answer == expected

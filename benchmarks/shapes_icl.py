@@ -99,9 +99,11 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy 2-core machine)")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--table", action="store_true", help="only print the table of --out")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     out = args.out or Path(f"benchmarks/results/shapes_icl_{args.backbone}.json")
     if not args.table:
         measure(args.backbone, args.tasks, args.shots, args.n, args.seed, args.batch, out)

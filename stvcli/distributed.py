@@ -89,7 +89,7 @@ def init() -> bool:
         raise RuntimeError("this torch build has no torch.distributed; run without torchrun")
     use_cuda = torch.cuda.is_available()
     if use_cuda:
-        torch.cuda.set_device(local_rank() % torch.cuda.device_count())
+        torch.cuda.set_device(_first_gpu())
     timeout = timedelta(seconds=_env_int("STV_DIST_TIMEOUT_S", DEFAULT_TIMEOUT_S))
     dist.init_process_group(backend="nccl" if use_cuda else "gloo", timeout=timeout)
     atexit.register(_shutdown)
@@ -104,11 +104,19 @@ def _shutdown() -> None:
             pass
 
 
+def _first_gpu() -> int:
+    """The first of this rank's GPUs: ``LOCAL_RANK`` with one GPU per rank; with G GPUs
+    and n ranks per node, rank r owns GPUs [r*G/n, (r+1)*G/n) (see ``rank_max_memory``)."""
+    count = torch.cuda.device_count()
+    per_rank = max(1, count // max(1, local_world_size()))
+    return (local_rank() * per_rank) % count
+
+
 def device(requested: str = "auto") -> str:
-    """The device this rank computes on: ``cuda:LOCAL_RANK`` for auto/cuda under a launcher."""
+    """The device this rank computes on: its own GPU for auto/cuda under a launcher."""
     if requested in ("auto", "cuda") and torch.cuda.is_available():
         if launched():
-            return f"cuda:{local_rank() % torch.cuda.device_count()}"
+            return f"cuda:{_first_gpu()}"
         return "cuda"
     return "cpu" if requested == "auto" else requested
 
@@ -127,9 +135,11 @@ def rank_max_memory(max_memory: dict[Any, Any] | None) -> dict[Any, Any] | None:
         return limits
     n_gpus = torch.cuda.device_count()
     if n_gpus < n_local or n_gpus % n_local:
-        raise ValueError(
+        from stvcli.errors import StvError
+
+        raise StvError(
             f"--device-map with {n_local} processes per node needs a multiple of {n_local} GPUs per node, "
-            f"found {n_gpus}; use --nproc_per_node {max(1, n_gpus)} or fewer processes"
+            f"found {n_gpus}; pick a --nproc_per_node that divides {n_gpus}"
         )
     per_rank = n_gpus // n_local
     mine = range(local_rank() * per_rank, (local_rank() + 1) * per_rank)

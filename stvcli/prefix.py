@@ -241,10 +241,6 @@ def shared_text_prefix(prompts: Sequence[Prompt], separator: str = "\n") -> Prom
     return Prompt(text, images)
 
 
-def _real(inputs: dict[str, Any], b: int) -> torch.Tensor:
-    return inputs["input_ids"][b][inputs["attention_mask"][b].bool()]
-
-
 def capture_shared(
     adapter: ModelAdapter,
     prompts: Sequence[Prompt],
@@ -273,43 +269,38 @@ def capture_shared(
         rendered.append(split)
         rests.append(Prompt(prompt.text[len(prefix.text) :], prompt.images[n_prefix_images:]))
     head = rendered[0][0]
+    # The prompt's tokens must be the prefix's tokens then the rest's (less the BOS the
+    # tokenizer puts at the start of any text): checked on the rendered text, where image
+    # markup is special tokens that the processor's expansion keeps at the same places.
+    tokenize = adapter.tokenizer
+    head_ids = tokenize(head)["input_ids"]
+    extras = []
+    for _, tail in rendered:
+        tail_ids = tokenize(tail)["input_ids"]
+        full_ids = tokenize(head + tail)["input_ids"]
+        extra = len(head_ids) + len(tail_ids) - len(full_ids)
+        if extra < 0 or full_ids != head_ids + tail_ids[extra:] or len(tail_ids) <= extra:
+            return None
+        extras.append(extra)
     prefix_inputs = adapter._encode_rendered([head], [prefix])
-    full_inputs = adapter._encode_rendered([h + t for h, t in rendered], list(prompts))
     rest_inputs = adapter._encode_rendered([t for _, t in rendered], rests)
-    prefix_ids = prefix_inputs["input_ids"][0]
-    p = len(prefix_ids)
+    p = int(prefix_inputs["input_ids"].shape[1])
     if int(prefix_inputs["attention_mask"].sum()) != p:
         return None
-    lengths, starts = [], []
-    for b in range(len(prompts)):
-        full = _real(full_inputs, b)
-        rest = _real(rest_inputs, b)
-        if len(full) <= p or not torch.equal(full[:p], prefix_ids):
-            return None
-        extra = len(rest) - (len(full) - p)
-        if extra < 0 or not torch.equal(rest[extra:], full[p:]):
-            return None  # the rest tokenizes differently on its own (beyond a leading BOS)
-        width = rest_inputs["input_ids"].shape[1]
-        lengths.append(len(full) - p)
-        starts.append(width - len(rest) + extra)
-    lengths_t = torch.tensor(lengths)
+    width = rest_inputs["input_ids"].shape[1]
+    real = rest_inputs["attention_mask"].sum(1).cpu()
+    lengths_t = real - torch.tensor(extras)
+    starts = width - real + torch.tensor(extras)
     n = int(lengths_t.max())
     keys = per_token_keys(rest_inputs)
-    step_inputs = realign(rest_inputs, keys, lengths_t, torch.tensor(starts), n, adapter, right=True)
+    step_inputs = realign(rest_inputs, keys, lengths_t, starts, n, adapter, right=True)
     mask = step_inputs["attention_mask"]
-    step_inputs["attention_mask"] = torch.cat([mask.new_ones(len(prompts), p), mask], dim=1)
-    positions = explicit_positions(adapter, full_inputs)
     prefix_run = dict(prefix_inputs)
-    if positions is not None:
-        # prefix positions from row 0 of the full batch (identical for every row), then each
-        # row's own positions for its rest, right padded
-        width = full_inputs["input_ids"].shape[1]
-        real0 = int(full_inputs["attention_mask"][0].sum())
-        prefix_run["position_ids"] = positions[:, :1, width - real0 : width - real0 + p]
-        rest_positions = torch.zeros(3, len(prompts), n, dtype=positions.dtype, device=positions.device)
-        for b, length in enumerate(lengths):
-            rest_positions[:, b, :length] = positions[:, b, width - length :]
-        step_inputs["position_ids"] = rest_positions
+    prefix_positions = explicit_positions(adapter, prefix_inputs)
+    if prefix_positions is not None:  # M-RoPE: the rest continues after the prefix's last position
+        prefix_run["position_ids"] = prefix_positions
+        step_inputs["position_ids"] = explicit_positions(adapter, step_inputs) + prefix_positions.max() + 1
+    step_inputs["attention_mask"] = torch.cat([mask.new_ones(len(prompts), p), mask], dim=1)
     timer = timer or (lambda rows: nullcontext())
     with torch.inference_mode():
         with timer(0):

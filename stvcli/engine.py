@@ -163,6 +163,8 @@ def inserting(
             f"got {tuple(vectors.shape)}"
         )
     n_heads, head_dim = adapter.n_heads, adapter.head_dim
+    # decided once here, not per hook call (that would be a device sync in every layer)
+    tail_is_one = trailing is None or bool((torch.as_tensor(trailing) == 1).all())
     handles = []
 
     def make_hook(layer: int, heads: torch.Tensor, rows: torch.Tensor):
@@ -194,7 +196,7 @@ def inserting(
             if torch.is_grad_enabled() or not x.is_contiguous():
                 x = x.contiguous().clone()
             view = x.view(batch, seq, n_heads, head_dim)
-            if seq == 1 or tail is None or bool((tail == 1).all()):
+            if seq == 1 or tail_is_one:
                 slot = view[:, -1]  # [B, H, D], a view into x
                 if keep is None and mode == "replace":
                     slot[:, heads] = values

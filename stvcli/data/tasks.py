@@ -187,7 +187,16 @@ def register_task(task: Task, *, replace: bool = False) -> Task:
     return task
 
 
+def _load_bundled_tasks() -> None:
+    """Tasks that ship in other stvcli packages register on first use (the shapes world).
+
+    Imported lazily: those modules build on this one.
+    """
+    import stvcli.shapes.tasks  # noqa: F401
+
+
 def get_task(name: str) -> Task:
+    _load_bundled_tasks()
     try:
         return _TASKS[name]
     except KeyError:
@@ -196,6 +205,7 @@ def get_task(name: str) -> Task:
 
 def list_tasks() -> list[dict[str, Any]]:
     """name, kind, metric, default shots, default data and description of every task."""
+    _load_bundled_tasks()
     return [
         {
             "name": task.name,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -146,9 +147,7 @@ def _convert(spec: BackboneSpec, out: Path, console: Console) -> dict[str, Any]:
     with console.status(f"saving safetensors to {out}"):
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
-    for leftover in scratch.iterdir():
-        leftover.unlink()
-    scratch.rmdir()
+    shutil.rmtree(scratch)  # the assembled Gemma GGUF (253 MB) is not kept
     seconds = time.perf_counter() - start
     console.print(f"stv: {spec.name} backbone ready in {seconds:.0f} s")
     return {"backbone": spec.name, "source": gguf.name, "seconds": round(seconds, 1)}

@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
-import os
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -51,7 +50,7 @@ class TrainSettings:
     learning_rate: float = 2e-3
     pool_size: int = 24576  # pre-drawn training images, sampled with replacement
     seed: int = 0
-    threads: int | None = None  # None: every core
+    threads: int = 1  # one thread: small matmuls gain little from more, and they thrash on a busy CPU
 
 
 VISION_CONFIG: dict[str, Any] = dict(
@@ -72,8 +71,9 @@ def shapes_model_dir(
     """Where the shapes model on ``backbone`` lives (whether or not it is built yet);
     non-default training settings get a directory of their own."""
     name = f"{backbone_spec(backbone).name}-v{BUILD_VERSION}"
-    if settings is not None and dataclasses.replace(settings, threads=None) != TrainSettings():
-        name += "-" + hashlib.sha1(repr(dataclasses.replace(settings, threads=None)).encode()).hexdigest()[:8]
+    recipe = dataclasses.replace(settings, threads=1) if settings is not None else TrainSettings()
+    if recipe != TrainSettings():
+        name += "-" + hashlib.sha1(repr(recipe).encode()).hexdigest()[:8]
     return cache_dir(cache) / "shapes" / name
 
 
@@ -304,9 +304,9 @@ def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
 
 
 @contextmanager
-def _threads(count: int | None) -> Iterator[None]:
+def _threads(count: int) -> Iterator[None]:
     before = torch.get_num_threads()
-    torch.set_num_threads(count or os.cpu_count() or 1)
+    torch.set_num_threads(max(1, count))
     try:
         yield
     finally:

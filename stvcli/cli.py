@@ -378,7 +378,9 @@ def demo_command(
     task: Annotated[str, typer.Option("--task", "-t", help="A shapes task (see `stv tasks`).")] = "",
     backbone: Annotated[str, typer.Option("--backbone", help="smollm2 | gemma3")] = "",
     workspace: Annotated[Path, typer.Option("--workspace", "-w")] = Path("runs/demo"),
-    quick: Annotated[bool, typer.Option("--quick", help="Tiny settings for a smoke run (a minute).")] = False,
+    quick: Annotated[bool, typer.Option("--quick", help="Tiny settings for a smoke run (a few minutes).")] = False,
+    sensitivity: Annotated[str, typer.Option("--sensitivity", help="relative (demo default, measured best) | l2 (paper)")] = "",
+    insert: Annotated[str, typer.Option("--insert", help="replace (paper) | add")] = "",
     force: ForceOpt = False,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
@@ -387,7 +389,8 @@ def demo_command(
     from stvcli.demo import DemoConfig, run_demo
     from stvcli.stages.evaluate import markdown_table
 
-    overrides = {k: v for k, v in {"task": task, "backbone": backbone}.items() if v}
+    chosen = {"task": task, "backbone": backbone, "sensitivity": sensitivity, "insert": insert}
+    overrides = {k: v for k, v in chosen.items() if v}
     report = run_demo(DemoConfig(workspace=workspace, quick=quick, force=force, quiet=quiet, **overrides))
     if as_json:
         return emit(report, True)

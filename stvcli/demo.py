@@ -16,8 +16,13 @@ from stvcli.config import ModelOptions
 from stvcli.data.options import DataOptions
 from stvcli.stages.common import get_adapter, say
 
-DEFAULT_TASK = "shapes-color"
-DEFAULT_BACKBONE = "smollm2"
+# Measured (docs/shapes.md): on Gemma-3-270m with relative sensitivity, STV recovers
+# most of ICL's accuracy on shapes-shape; SmolLM2-135M shows almost no effect, and raw
+# L2 sensitivity picks Gemma's large-norm early heads, which carry no task.
+DEFAULT_TASK = "shapes-shape"
+DEFAULT_BACKBONE = "gemma3"
+DEFAULT_SENSITIVITY = "relative"
+DEFAULT_TOP_FRAC = 16 / 72  # 16 of Gemma-3-270m's 18 x 4 heads
 
 
 class DemoConfig(BaseModel):
@@ -30,13 +35,18 @@ class DemoConfig(BaseModel):
     force: bool = False
     quiet: bool = False
     seed: int = 0
+    sensitivity: str = DEFAULT_SENSITIVITY
+    top_frac: float = DEFAULT_TOP_FRAC
+    insert: str = "replace"
     max_icl_shots: int = 32  # cap for icl:max (the shapes prompts are short; see docs/shapes.md)
 
 
 def demo_sizes(quick: bool) -> dict[str, int]:
     if quick:
-        return dict(queries=16, contexts=16, clusters=4, iterations=8, samples=8, mtv_iterations=8, eval_items=24)
-    return dict(queries=64, contexts=64, clusters=16, iterations=80, samples=16, mtv_iterations=120, eval_items=100)
+        return dict(shots=8, queries=16, contexts=16, clusters=4, iterations=8, samples=8, mtv_iterations=8,
+                    eval_items=24)
+    return dict(shots=8, queries=48, contexts=48, clusters=16, iterations=40, samples=16, mtv_iterations=100,
+                eval_items=60)
 
 
 def run_demo(config: DemoConfig) -> dict[str, Any]:
@@ -58,10 +68,12 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
                        eval_limit=sizes["eval_items"])
     task_data = load_task_data(data)
     common = dict(workspace=config.workspace, force=config.force, quiet=config.quiet)
-    run_scan(ScanConfig(model=model, data=data, queries=sizes["queries"], seed=config.seed,
-                        keep_contexts=sizes["contexts"], **common), task_data)
+    run_scan(ScanConfig(model=model, data=data, shots=sizes["shots"], queries=sizes["queries"], seed=config.seed,
+                        sensitivity=config.sensitivity, top_frac=config.top_frac, keep_contexts=sizes["contexts"],
+                        **common), task_data)
     run_bank(BankConfig(clusters=sizes["clusters"], contexts=sizes["contexts"], seed=config.seed, **common))
-    run_search(SearchConfig(iterations=sizes["iterations"], samples=sizes["samples"], seed=config.seed, **common))
+    run_search(SearchConfig(iterations=sizes["iterations"], samples=sizes["samples"], insert=config.insert,
+                            seed=config.seed, **common))
 
     adapter = get_adapter(model)
     task = task_data.task

@@ -78,9 +78,10 @@ PAPER = {"scan_queries": 100, "mtv_iterations": 600, "mtv_samples": 32, "mtv_bes
 
 
 # --------------------------------------------------------------------- helpers
-def best_of(fn: Callable[[], Any], repeats: int) -> float:
-    """Minimum wall seconds of ``fn`` over ``repeats`` runs (after one warm-up)."""
-    fn()
+def best_of(fn: Callable[[], Any], repeats: int, warm_up: bool = True) -> float:
+    """Minimum wall seconds of ``fn`` over ``repeats`` runs (after one warm-up run)."""
+    if warm_up:
+        fn()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -125,6 +126,7 @@ class Bed:
     adapter: ModelAdapter
     task: Task
     pool: list[Item]
+    path: str | None = None  # the model's directory (None: the tiny model, saved when a stage needs it)
 
     @property
     def k(self) -> int:
@@ -149,7 +151,8 @@ def real_bed() -> Bed | None:
     shapes = shapes_model_dir()
     if (shapes / "config.json").exists() and any(shapes.glob("*.safetensors")):
         adapter = load_model(ModelOptions(model=str(shapes), dtype="float32", device="cpu"))
-        return Bed("shapes (LLaVA on SmolLM2-135M, 30x9 heads)", adapter, get_task("vqa"), vqa_items("support", 400))
+        return Bed("shapes (LLaVA on SmolLM2-135M, 30x9 heads)", adapter, get_task("vqa"), vqa_items("support", 400),
+                   str(shapes))
     backbone = backbone_dir("smollm2")
     if (backbone / "config.json").exists():
         adapter = load_model(ModelOptions(model=str(backbone), dtype="float32", device="cpu"))
@@ -157,7 +160,7 @@ def real_bed() -> Bed | None:
                  "three four cat dog bird fish apple banana hot cold big small up down fast slow").split()
         pool = [Item(uid=f"w{i}", question=f"{words[i % 32]} {words[(i * 7) % 32]}", answers=(words[(i * 3) % 32],))
                 for i in range(400)]
-        return Bed("smollm2 (text, 30x9 heads)", adapter, get_task("text"), pool)
+        return Bed("smollm2 (text, 30x9 heads)", adapter, get_task("text"), pool, str(backbone))
     return None
 
 
@@ -225,8 +228,15 @@ def location_section(bed: Bed, search: dict[str, Any], quick: bool) -> dict[str,
     zero = [task.build_prompt(q) for q in queries]
     many = many_shot_prompts(task, queries, bed.pool, PAPER["shots"], rng)
     repeats = 1 if quick else 2
-    scan_seconds = best_of(lambda: scan_pass(adapter, zero, many, Meter(), None, keep=n), repeats)
+    scan_seconds = best_of(lambda: scan_pass(adapter, zero, many, Meter(), None, keep=n), repeats, warm_up=False)
     scan_total = scan_seconds / n * PAPER["scan_queries"]
+    group = 8  # the scan with --group-size 8 (queries sharing one demonstration sample)
+    grouped_queries = random.Random(3).sample(bed.pool, group)
+    grouped_many = many_shot_prompts(task, grouped_queries, bed.pool, PAPER["shots"], random.Random(3), group)
+    grouped_seconds = best_of(lambda: scan_pass(adapter, [task.build_prompt(q) for q in grouped_queries],
+                                                grouped_many, Meter(), None, keep=group, group_size=group),
+                              repeats, warm_up=False)
+    grouped_total = grouped_seconds / group * PAPER["scan_queries"]
     # one zero-shot forward at batch 1: the unit of "forward equivalents"
     unit = best_of(lambda: answer_scores(adapter, [zero[0]], [task.target(queries[0])]), 3 if quick else 6)
     per_candidate = {name: 1 / rate for name, rate in search["mtv"]["candidates_per_s"].items()}
@@ -252,6 +262,10 @@ def location_section(bed: Bed, search: dict[str, Any], quick: bool) -> dict[str,
         "mtv_forward_equivalents_optimised": mtv_optimised / unit,
         "scan_share_of_mtv_original": scan_total / mtv_original,
         "scan_share_of_mtv_optimised": scan_total / mtv_optimised,
+        "scan_seconds_group8": grouped_total,
+        "scan_group8_forward_equivalents": grouped_total / unit,
+        "scan_group8_share_of_mtv_original": grouped_total / mtv_original,
+        "scan_group8_share_of_mtv_optimised": grouped_total / mtv_optimised,
     }
 
 
@@ -307,9 +321,21 @@ def _reset_peak() -> bool:
         return False
 
 
+def _trim() -> None:
+    """Give freed heap memory back to the OS (glibc), so the next peak is measured from the
+    memory really in use rather than hidden by pages the allocator kept."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def peak_delta_mb(fn: Callable[[], Any]) -> float | None:
     """Peak resident memory above the level before ``fn`` (Linux: VmHWM after a reset)."""
     gc.collect()
+    _trim()
     if not _reset_peak():
         return None
     base = _status_kb("VmRSS")
@@ -345,13 +371,14 @@ def memory_section(quick: bool) -> dict[str, Any]:
     pool = [Item(uid=str(i), question=f"{words[i % 16]} {words[(i * 5) % 16]} {i}", answers=(words[(i * 3) % 16],))
             for i in range(400)]
     per_query_mb = adapter.n_layers * adapter.n_heads * adapter.head_dim * 4 / 2**20
+    BATCH = 2  # small batches: the forward's own transient memory would hide the state otherwise
 
     def streamed(nq: int, shots: int, k: int, t: int) -> None:
         rng = random.Random(0)
         queries = rng.sample(pool, nq)
         zero = [task.build_prompt(q) for q in queries]
         many = many_shot_prompts(task, queries, pool, shots, rng)
-        swept = scan_pass(adapter, zero, many, Meter(), None, keep=t)
+        swept = scan_pass(adapter, zero, many, Meter(), BATCH, keep=t)
         locations = top_locations(swept.query_scores.mean(0), k)
         kept = swept.kept[:, locations[:, 0], locations[:, 1]].contiguous()
         del swept
@@ -361,62 +388,83 @@ def memory_section(quick: bool) -> dict[str, Any]:
         """The previous scan: every zero- and many-shot activation [N, L, H, D] held."""
         rng = random.Random(0)
         queries = rng.sample(pool, nq)
-        zero = capture_prompts(adapter, [task.build_prompt(q) for q in queries], Meter(), None)
-        many = capture_prompts(adapter, many_shot_prompts(task, queries, pool, shots, rng), Meter(), None)
+        zero = capture_prompts(adapter, [task.build_prompt(q) for q in queries], Meter(), BATCH)
+        many = capture_prompts(adapter, many_shot_prompts(task, queries, pool, shots, rng), Meter(), BATCH)
         scores = sensitivity_scores(zero, many).mean(0)
         locations = top_locations(scores, k)
         kept = many[:t, locations[:, 0], locations[:, 1]].contiguous()
         cluster_locations(kept, 8, 0, niter=5)
 
     k_default = max(1, round(DEFAULT_TOP_FRAC * adapter.n_layers * adapter.n_heads))
-    points = [("queries", nq, 4, k_default, 16) for nq in ((16, 64) if quick else (16, 64, 128))]
+    points = [("queries", nq, 4, k_default, 16) for nq in ((16, 64, 128) if quick else (16, 64, 128, 256))]
     points += [("shots", 16, s, k_default, 16) for s in ((4, 16) if quick else (4, 8, 16))]
     if not quick:
         points += [("K", 32, 4, k, 16) for k in (32, 150, 512)]
         points += [("T", 64, 4, k_default, t) for t in (16, 64)]
-    streamed(8, 4, k_default, 8)  # warm-up (allocator, k-means)
+    for warm_up in (streamed, held):  # allocator, k-means and kernel first-use costs
+        warm_up(16, 4, k_default, 16)
+    repeats = 1 if quick else 2
     rows = []
     for axis, nq, shots, k, t in points:
-        row = {"axis": axis, "queries": nq, "shots": shots, "K": k, "T": t,
-               "streamed_mb": peak_delta_mb(lambda: streamed(nq, shots, k, t))}
+        def measure(variant: Callable[..., None]) -> float | None:
+            values = [peak_delta_mb(lambda: variant(nq, shots, k, t)) for _ in range(repeats)]
+            return None if None in values else min(v for v in values if v is not None)
+
+        row = {"axis": axis, "queries": nq, "shots": shots, "K": k, "T": t, "streamed_mb": measure(streamed)}
         if axis == "queries":
-            row["held_mb"] = peak_delta_mb(lambda: held(nq, shots, k, t))
+            row["held_mb"] = measure(held)
         row["held_state_mb"] = 2 * nq * per_query_mb  # what the previous scan kept in memory
-        row["streamed_state_mb"] = (t + 2 * 8) * per_query_mb  # kept rows + one chunk (batch 8)
+        row["streamed_state_mb"] = (t + 2 * BATCH) * per_query_mb  # kept rows + one chunk
         rows.append(row)
     return {"model": f"random Llama, {adapter.n_layers} layers x {adapter.n_heads} heads x {adapter.head_dim}",
+            "batch_size": BATCH,
             "per_query_activation_mb": per_query_mb, "points": rows}
 
 
 # --------------------------------------------------------------------- stages
-def stages_section(quick: bool) -> dict[str, Any]:
-    """Every stage run for real (tiny LLaVA on disk): model-forward share of wall time."""
+def stage_inputs(bed: Bed, root: Path) -> tuple[Any, Any]:
+    """Model options (a directory the stages load) and a synthetic data set for ``bed``."""
     from stvcli.config import ModelOptions
     from stvcli.data.options import DataOptions
-    from stvcli.data.synthetic import write_vqa_jsonl
+    from stvcli.data.synthetic import write_text_jsonl, write_vqa_jsonl
+    from stvcli.testing.tiny import save_tiny_model
+
+    if bed.path is None:
+        model = ModelOptions(model=str(save_tiny_model("llava", root / "model")), dtype="float32", device="cpu")
+    else:
+        model = ModelOptions(model=bed.path, dtype="float32", device="cpu")
+    if bed.task.kind == "text":
+        pairs = [(item.question or "", item.answer) for item in bed.pool[:160]]
+        return model, DataOptions(task="text", data=str(write_text_jsonl(root / "data", pairs)), seed=0, eval_limit=16)
+    return model, DataOptions(task="vqa", data=str(write_vqa_jsonl(root / "data", n=160, seed=3)), seed=0,
+                              eval_limit=16)
+
+
+def stages_section(bed: Bed, quick: bool) -> dict[str, Any]:
+    """Every stage run for real (the model loaded from disk, synthetic data): model-forward
+    share of each stage's wall time, from the stages' own Meter records."""
     from stvcli.stages.bank import run_bank
     from stvcli.stages.config import BankConfig, EvalConfig, MTVConfig, ScanConfig, SearchConfig
     from stvcli.stages.evaluate import run_eval
     from stvcli.stages.scan import run_scan
     from stvcli.stages.search import run_search
-    from stvcli.testing.tiny import save_tiny_model
 
     root = Path(tempfile.mkdtemp(prefix="stv-bench-"))
-    model = ModelOptions(model=str(save_tiny_model("llava", root / "model")), dtype="float32", device="cpu")
-    data = DataOptions(task="vqa", data=str(write_vqa_jsonl(root / "data", n=160, seed=3)), seed=0, eval_limit=16)
+    model, data = stage_inputs(bed, root)
+    shots = PAPER["shots"] if bed.task.kind != "text" else 8
     out: dict[str, Any] = {}
     for group in (1, 8):
         workspace = root / f"ws{group}"
-        scan = run_scan(ScanConfig(model=model, data=data, workspace=workspace, shots=16, queries=16 if quick else 32,
+        scan = run_scan(ScanConfig(model=model, data=data, workspace=workspace, shots=shots, queries=8 if quick else 32,
                                    keep_contexts=8, group_size=group, quiet=True))
         out[f"scan (group {group})"] = scan.stats
     workspace = root / "ws1"
-    out["bank"] = run_bank(BankConfig(workspace=workspace, clusters=8, contexts=16, quiet=True)).stats
-    out["search"] = run_search(SearchConfig(workspace=workspace, iterations=5 if quick else 20, samples=32,
+    out["bank"] = run_bank(BankConfig(workspace=workspace, clusters=8, contexts=12, quiet=True)).stats
+    out["search"] = run_search(SearchConfig(workspace=workspace, iterations=3 if quick else 20, samples=32,
                                             quiet=True)).stats
-    report = run_eval(EvalConfig(workspace=workspace, methods=["zero-shot", "stv", "mtv"], limit=8 if quick else 16,
+    report = run_eval(EvalConfig(workspace=workspace, methods=["zero-shot", "stv", "mtv"], limit=4 if quick else 16,
                                  quiet=True, output_path=root / "out",
-                                 mtv=MTVConfig(iterations=5 if quick else 20, holdout=8, best_of=4)))
+                                 mtv=MTVConfig(iterations=3 if quick else 20, holdout=4, best_of=4)))
     out["mtv search"] = report["stages"].get("mtv_search", {})
     for method, stats in report["stages"]["eval"].items():
         out[f"eval {method}"] = stats
@@ -470,9 +518,11 @@ def markdown(results: dict[str, Any]) -> str:
         parts.append(f"\nLocation search at the paper's defaults (scan measured on {loc['measured_scan_queries']} "
                      "queries, MTV on single iterations; both extrapolated linearly):\n")
         parts.append(table(
-            ["", "forwards", "seconds", "zero-shot forward equivalents", "scan / this"],
+            ["", "forwards", "seconds", "zero-shot forward equivalents", "scan (group 1) / this"],
             [["STV scan (Nq = 100, 16 shots)", loc["scan_forwards"], loc["scan_seconds"],
               loc["scan_forward_equivalents"], 1.0],
+             ["STV scan, group size 8", loc["scan_forwards"], loc["scan_seconds_group8"],
+              loc["scan_group8_forward_equivalents"], loc["scan_seconds"] / loc["scan_seconds_group8"]],
              ["MTV search as its code runs (batch 1)", loc["mtv_forwards"], loc["mtv_seconds_original"],
               loc["mtv_forward_equivalents_original"], loc["scan_share_of_mtv_original"]],
              ["MTV search, optimised here", loc["mtv_forwards"], loc["mtv_seconds_optimised"],
@@ -483,6 +533,13 @@ def markdown(results: dict[str, Any]) -> str:
         parts.append(table(["variant", "ms / query", "x vs batch 1", "x vs batched"],
                            [[name, 1e3 * sec, sc["x_vs_batch1"][name], sc["x_vs_batched"][name]]
                             for name, sec in sc["seconds_per_query"].items()]))
+        st = bed.get("stages")
+        if st:
+            parts.append("\nShare of each stage's wall time in model forwards (the stages run for real, Meter "
+                         "records; forwards = rows run):\n")
+            parts.append(table(["stage", "forwards", "seconds", "model seconds", "model share"],
+                               [[name, s.get("forwards", "-"), s.get("seconds", "-"), s.get("model_seconds", "-"),
+                                 s.get("model_share", "-")] for name, s in st.items()]))
         ov = bed["overhead"]
         parts.append(f"\nHook overhead (batch 4, {ov['seq']} tokens, plain {ov['plain_ms']:.1f} ms): capture of all "
                      f"{ov['heads']} heads x{ov['capture_ratio_min']:.3f}, insertion at {ov['inserted']} heads "
@@ -497,19 +554,14 @@ def markdown(results: dict[str, Any]) -> str:
              "state MB, streamed", "state MB, holding all"],
             [[p["axis"], p["queries"], p["shots"], p["K"], p["T"], p["streamed_mb"], p.get("held_mb", "-"),
               p["streamed_state_mb"], p["held_state_mb"]] for p in mem["points"]]))
-    st = results.get("stages")
-    if st:
-        parts.append("\n### Share of stage time in model forwards (tiny LLaVA, real stages)\n")
-        parts.append(table(["stage", "forwards", "seconds", "model seconds", "model share"],
-                           [[name, s.get("forwards", "-"), s.get("seconds", "-"), s.get("model_seconds", "-"),
-                             s.get("model_share", "-")] for name, s in st.items()]))
     return "\n".join(parts) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats and points (about 3 minutes on 2 cores)")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    # One thread: on a shared 2-core box intra-op threads thrash (a forward was 12x slower at 2).
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-real", action="store_true", help="skip the shapes / SmolLM2 model")
     parser.add_argument("--sections", default="search,location,scan,overhead,memory,stages")
     parser.add_argument("--json", help="write all numbers to this file")
@@ -550,7 +602,10 @@ def main() -> None:
                 f"{loc['mtv_seconds_original']:.0f} s as its code runs ({loc['mtv_forwards']} forwards, "
                 f"{loc['mtv_forward_equivalents_original']:.0f} equivalents): "
                 f"{100 * loc['scan_share_of_mtv_original']:.2f}% (target < 2%); vs MTV optimised here "
-                f"{loc['mtv_seconds_optimised']:.0f} s: {100 * loc['scan_share_of_mtv_optimised']:.1f}%")
+                f"{loc['mtv_seconds_optimised']:.0f} s: {100 * loc['scan_share_of_mtv_optimised']:.1f}%; "
+                f"scan with group size 8: {loc['scan_seconds_group8']:.1f} s, "
+                f"{100 * loc['scan_group8_share_of_mtv_original']:.2f}% / "
+                f"{100 * loc['scan_group8_share_of_mtv_optimised']:.1f}%")
         if "scan" in sections:
             sc = row["scan"] = scan_section(bed, args.quick)
             say(f"scan many-shot passes ({sc['shots']} shots, ~{sc['prompt_tokens']} tokens): " + ", ".join(
@@ -560,6 +615,11 @@ def main() -> None:
             ov = row["overhead"] = overhead_section(bed, args.quick)
             say(f"hooks: capture x{ov['capture_ratio_min']:.3f}, insert x{ov['insert_ratio_min']:.3f} of a plain "
                 f"forward (min; medians x{ov['capture_ratio']:.3f} / x{ov['insert_ratio']:.3f}; target < 1.05)")
+        if "stages" in sections:
+            st = row["stages"] = stages_section(bed, args.quick)
+            say("stages, share of wall time in model forwards: " + ", ".join(
+                f"{name} {100 * s['model_share']:.0f}% of {s['seconds']:.2f} s" for name, s in st.items()
+                if s.get("seconds")))
         results["beds"].append(row)
     if "memory" in sections:
         say("\n== memory of scan + bank")
@@ -569,13 +629,6 @@ def main() -> None:
             streamed = "n/a" if p["streamed_mb"] is None else f"{p['streamed_mb']:.1f} MB"
             say(f"{p['axis']:>8}: Nq {p['queries']:>3} shots {p['shots']:>2} K {p['K']:>3} T {p['T']:>3}: peak "
                 f"streamed {streamed}{held} (state {p['streamed_state_mb']:.1f} vs {p['held_state_mb']:.1f} MB)")
-    if "stages" in sections:
-        say("\n== stages (tiny LLaVA): share of wall time in model forwards")
-        st = results["stages"] = stages_section(args.quick)
-        for name, s in st.items():
-            if s.get("seconds"):
-                say(f"{name:>20}: {s['forwards']:>5} forwards, {s['seconds']:.2f} s, model "
-                    f"{100 * s['model_share']:.0f}%")
     results["seconds"] = time.perf_counter() - started
     say(f"\ndone in {results['seconds']:.0f} s")
     if args.json:

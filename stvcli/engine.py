@@ -10,7 +10,7 @@ Positions: prompts are left padded, so the last prompt token of every row is pos
 positions when answer tokens follow the prompt) and the single position of every
 decode step (seq = 1). Because attention is causal, nothing before the last prompt
 token depends on the inserted vectors: a prefix can be computed once (KV cache) and
-shared by many candidates, which is what ``forward_over_prefix`` callers rely on.
+shared by many candidates, which is what ``stvcli.prefix`` relies on.
 """
 
 from __future__ import annotations

@@ -33,6 +33,7 @@ from torch import nn
 from stvcli.cache import cache_dir, ensure_built
 from stvcli.errors import StvError
 from stvcli.shapes.backbones import backbone_spec, ensure_backbone
+from stvcli.shapes.variants import single_token_labels
 from stvcli.shapes.world import DESCRIPTION_WORDS, IMAGE_SIZE, draw, sample_scene, split_rng
 
 IMAGE_TOKEN = "<image>"
@@ -115,6 +116,7 @@ def build_shapes_model(
         tokenizer = AutoTokenizer.from_pretrained(lm_dir)
         lm = AutoModelForCausalLM.from_pretrained(lm_dir, dtype=torch.float32)
     word_ids = single_token_ids(tokenizer, DESCRIPTION_WORDS, backbone)
+    single_token_ids(tokenizer, single_token_labels(), backbone)  # the tasks' labels, checked early
     with torch.no_grad():
         targets = lm.get_input_embeddings()(torch.tensor(word_ids)).float()  # [W, hidden], scaled as the LM sees them
     model, processor = _assemble(lm, tokenizer)

@@ -26,8 +26,8 @@ import random
 from dataclasses import dataclass, field
 from functools import partial
 
-from stvcli.data.types import Item
 from stvcli.data.episodes import make_episode
+from stvcli.data.types import Item
 from stvcli.shapes.world import (
     ATTRIBUTE_VALUES,
     COLOURS,
@@ -90,6 +90,12 @@ VARIANTS: dict[str, Variant] = {
         Variant("animal", "shape", counts=(1, 1, 2, 3), relabel=ANIMAL_OF_SHAPE),
     )
 }
+
+
+def single_token_labels() -> tuple[str, ...]:
+    """Every word a shapes task must answer with in ONE token (naming labels, letters)."""
+    labels = {label for variant in VARIANTS.values() for label in variant.labels()}
+    return (*sorted(labels), "A", "B")
 
 
 def naming_items(variant: Variant, split: str, n: int, seed: int = 0) -> list[Item]:

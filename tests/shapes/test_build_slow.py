@@ -11,8 +11,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from stvcli.shapes.variants import VARIANTS
-
 pytestmark = pytest.mark.slow
 
 BACKBONES = ["smollm2", "gemma3"]
@@ -76,12 +74,13 @@ def test_every_label_is_one_token(built: tuple[str, Path]) -> None:
     from transformers import AutoTokenizer
 
     from stvcli.shapes.build import single_token_ids
+    from stvcli.shapes.variants import single_token_labels
     from stvcli.shapes.world import DESCRIPTION_WORDS
 
     _, directory = built
     tokenizer = AutoTokenizer.from_pretrained(directory)
-    labels = {label for variant in VARIANTS.values() for label in variant.labels()}
-    ids = single_token_ids(tokenizer, [*DESCRIPTION_WORDS, *sorted(labels), "A", "B"])
+    words = sorted({*DESCRIPTION_WORDS, *single_token_labels()})
+    ids = single_token_ids(tokenizer, words)
     assert len(set(ids)) == len(ids)
 
 

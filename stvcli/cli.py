@@ -196,6 +196,7 @@ def scan_command(
     eval_limit: Annotated[Optional[int], typer.Option("--eval-limit", help="Hold out at most N evaluation items.")] = None,
     shots: Annotated[Optional[int], typer.Option("--shots", help="Demonstrations per many-shot prompt (task default).")] = None,
     queries: Annotated[int, typer.Option("--queries", help="Support queries scanned (2 forwards each).")] = 100,
+    group_size: Annotated[int, typer.Option("--group-size", help="Queries sharing one sampled demonstration set (its prefix runs once); 1 = the paper's independent sampling.")] = 1,
     top_k: Annotated[Optional[int], typer.Option("--top-k", help="Heads kept.")] = None,
     top_frac: Annotated[Optional[float], typer.Option("--top-frac", help="Heads kept, as a fraction of all heads (default 300/1024).")] = None,
     sensitivity: Annotated[str, typer.Option("--sensitivity", help="l2 (paper) | relative (delta / own norm)")] = "l2",
@@ -223,7 +224,7 @@ def scan_command(
                             trust_remote_code),
         data=data_options(data, task, eval_data, image_root, columns, seed, eval_limit, support_split, eval_split,
                           revision, support_limit),
-        workspace=workspace, shots=shots, queries=queries, top_k=top_k, top_frac=top_frac,
+        workspace=workspace, shots=shots, queries=queries, group_size=group_size, top_k=top_k, top_frac=top_frac,
         sensitivity=sensitivity, seed=seed, batch_size=parse_batch_size(batch_size), force=force, quiet=quiet,
     )
     result = run_scan(config)

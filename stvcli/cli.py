@@ -143,6 +143,17 @@ def data_options(data: str | None, task: str, eval_data: str | None = None, imag
 
 
 # ---------------------------------------------------------------- listing
+def print_table(columns: dict[str, str], rows: list[dict[str, Any]]) -> None:
+    """A rich table: header -> row key; list values are joined with commas."""
+    from rich.table import Table
+
+    table = Table(*columns)
+    for row in rows:
+        values = [row.get(key) for key in columns.values()]
+        table.add_row(*(", ".join(v) if isinstance(v, list) else "" if v is None else str(v) for v in values))
+    out.print(table)
+
+
 @app.command("models")
 @user_errors
 def models_command(as_json: JsonOpt = False) -> None:
@@ -152,13 +163,7 @@ def models_command(as_json: JsonOpt = False) -> None:
     rows = list_models()
     if as_json:
         return emit({"models": rows}, True)
-    from rich.table import Table
-
-    table = Table("short name", "hub id", "family", "architectures")
-    for row in rows:
-        table.add_row(row.get("name") or "", row.get("hub_id") or "", row["family"],
-                      ", ".join(row.get("architectures", [])))
-    out.print(table)
+    print_table({"short name": "name", "hub id": "hub_id", "family": "family", "architectures": "architectures"}, rows)
 
 
 @app.command("tasks")
@@ -170,12 +175,8 @@ def tasks_command(as_json: JsonOpt = False) -> None:
     rows = list_tasks()
     if as_json:
         return emit({"tasks": rows}, True)
-    from rich.table import Table
-
-    table = Table("task", "kind", "metric", "default shots", "description")
-    for row in rows:
-        table.add_row(row["name"], row["kind"], row["metric"], str(row["default_shots"]), row.get("description", ""))
-    out.print(table)
+    print_table({"task": "name", "kind": "kind", "metric": "metric", "default shots": "default_shots",
+                 "description": "description"}, rows)
 
 
 # ---------------------------------------------------------------- stages

@@ -106,7 +106,7 @@ def shared_answer_scores(
     ``timer(rows)`` wraps each model call (a stage meter). None when the prompts cannot
     be split (callers run ``answer_scores`` per row instead).
     """
-    from stvcli.prefix import per_token_keys, realign, run_prefix, step
+    from stvcli.prefix import per_token_keys, realign, run_prefix
 
     timer = timer or (lambda rows: nullcontext())
     inputs, n_answer = adapter.encode_with_answers(prompts, answers)

@@ -16,13 +16,12 @@ from __future__ import annotations
 import string
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 from stvcli.data.images import FileImage, check_files_exist, image_keys, resolve_path
-from stvcli.data.options import DataOptions, SourceSpec
 from stvcli.data.sampling import seeded_rng
+from stvcli.data.sources import RecordFileSource
 from stvcli.data.types import ImageRef, Item, TaskKind
 from stvcli.errors import DataError
 
@@ -60,24 +59,11 @@ def make_episode(
 
 
 @dataclass
-class EpisodeFileSource:
+class EpisodeFileSource(RecordFileSource):
     """MTV's episode files: a JSON list of {pos, neg, query, pos_label, neg_label} with
     image paths relative to --image-root (default: the file's folder)."""
 
-    spec: SourceSpec
-    options: DataOptions
-    records: list[dict[str, Any]]
     holds_episodes: bool = True
-    default_support_split: str | None = None
-    default_eval_split: str | None = None
-    skipped: dict[str | None, int] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.label = Path(self.spec.location).name
-        self.base = self.options.image_root or str(Path(self.spec.location).parent)
-
-    def splits(self) -> list[str]:
-        return []
 
     def items(self, split: str | None, kind: TaskKind) -> list[Item]:
         if kind != "episode":

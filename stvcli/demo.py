@@ -60,6 +60,9 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     from stvcli.stages.scan import run_scan
     from stvcli.stages.search import run_search
 
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # the demo prints its own status lines
     sizes = demo_sizes(config.quick)
     say(f"demo: shapes world, backbone {config.backbone}, task {config.task} -> {config.workspace}", config.quiet)
     model_dir = ensure_shapes_model(config.backbone, quiet=config.quiet)

@@ -16,7 +16,9 @@ from stvcli.errors import StvError  # noqa: E402
 from stvcli.stages.common import artifact_path  # noqa: E402
 
 
-def sensitivity_heatmap(scores: torch.Tensor, locations: torch.Tensor, path: Path, title: str = "") -> Path:
+def sensitivity_heatmap(
+    scores: torch.Tensor, locations: torch.Tensor, path: Path, title: str = "", sensitivity: str = "l2"
+) -> Path:
     """Layers x heads heatmap of scores [L, H], the chosen locations [K, 2] marked."""
     n_layers, n_heads = scores.shape
     figure, axes = plt.subplots(figsize=(max(4, n_heads * 0.25 + 2), max(3, n_layers * 0.18 + 1.5)))
@@ -27,7 +29,8 @@ def sensitivity_heatmap(scores: torch.Tensor, locations: torch.Tensor, path: Pat
     axes.set_ylabel("layer")
     axes.set_title(title or "sensitivity to demonstrations")
     axes.legend(loc="upper right", fontsize=7)
-    figure.colorbar(image, ax=axes, label="mean ||a_many - a_zero||")
+    label = "mean ||a_many - a_zero|| / ||a_zero||" if sensitivity == "relative" else "mean ||a_many - a_zero||"
+    figure.colorbar(image, ax=axes, label=label)
     return _save(figure, path)
 
 
@@ -74,8 +77,10 @@ def write_report(workspace: Path, output: Path) -> list[Path]:
     if not scan_path.exists():
         raise StvError(f"{scan_path} does not exist; run `stv scan` first")
     scan = load_artifact(scan_path, "scan")
+    model_name = Path(str(scan.meta.get("model"))).name
     written.append(sensitivity_heatmap(scan["scores"], scan["locations"], output / "sensitivity.png",
-                                       f"{scan.meta.get('model')} / {scan.settings.get('task')}"))
+                                       f"{model_name} / {scan.settings.get('task')}",
+                                       scan.settings.get("sensitivity", "l2")))
     curves = {}
     for name, kind in (("stv", "vectors"), ("mtv", "mtv")):
         path = artifact_path(workspace, kind)

@@ -21,19 +21,9 @@ from pathlib import Path
 
 import torch
 
-DEFAULT_TASKS = (
-    "shapes-color",
-    "shapes-shape",
-    "shapes-position",
-    "shapes-size",
-    "shapes-count",
-    "shapes-color-swap",
-    "shapes-fruit",
-    "shapes-fruit-noisy",
-    "shapes-animal",
-    "shapes-vqa",
-    "shapes-episode",
-)
+from stvcli.shapes.tasks import shapes_tasks
+
+DEFAULT_TASKS = tuple(task.name for task in shapes_tasks())
 DEFAULT_SHOTS = (0, 1, 2, 4, 8, 16)
 MAX_EPISODE_SHOTS = 8  # an episode demonstration is ~3 lines and 3 images; 16 of them cost ~1,500 tokens
 

@@ -383,6 +383,9 @@ def demo_command(
     quick: Annotated[bool, typer.Option("--quick", help="Tiny settings for a smoke run (a few minutes).")] = False,
     sensitivity: Annotated[str, typer.Option("--sensitivity", help="relative (demo default, measured best) | l2 (paper)")] = "",
     insert: Annotated[str, typer.Option("--insert", help="replace (paper) | add")] = "",
+    mtv_iterations: Annotated[
+        int | None, typer.Option("--mtv-iterations", min=1, help="MTV REINFORCE iterations (demo: 100; paper: 600).")
+    ] = None,
     force: ForceOpt = False,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
@@ -393,7 +396,8 @@ def demo_command(
 
     chosen = {"task": task, "backbone": backbone, "sensitivity": sensitivity, "insert": insert}
     overrides = {k: v for k, v in chosen.items() if v}
-    report = run_demo(DemoConfig(workspace=workspace, quick=quick, force=force, quiet=quiet, **overrides))
+    report = run_demo(DemoConfig(workspace=workspace, quick=quick, force=force, quiet=quiet,
+                                 mtv_iterations=mtv_iterations, **overrides))
     if as_json:
         return emit(report, True)
     out.print(markdown_table(report), highlight=False)

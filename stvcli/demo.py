@@ -39,6 +39,7 @@ class DemoConfig(BaseModel):
     top_frac: float = DEFAULT_TOP_FRAC
     insert: str = "replace"
     max_icl_shots: int = 32  # cap for icl:max (the shapes prompts are short; see docs/shapes.md)
+    mtv_iterations: int | None = None  # None: the demo's size (the paper uses 600)
 
 
 def demo_sizes(quick: bool) -> dict[str, int]:
@@ -64,6 +65,8 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
 
     hf_logging.disable_progress_bar()  # the demo prints its own status lines
     sizes = demo_sizes(config.quick)
+    if config.mtv_iterations is not None:
+        sizes["mtv_iterations"] = config.mtv_iterations
     say(f"demo: shapes world, backbone {config.backbone}, task {config.task} -> {config.workspace}", config.quiet)
     model_dir = ensure_shapes_model(config.backbone, quiet=config.quiet)
     model = ModelOptions(model=str(model_dir), dtype="float32")

@@ -39,6 +39,8 @@ _DESCRIPTIONS = {
     "fruit": "shapes world: colours named by arbitrary fruit words (red -> lemon), learnt from demonstrations",
     "fruit-noisy": "shapes world: like shapes-fruit with a quarter of the support labels wrong",
     "animal": "shapes world: shapes named by arbitrary animal words (circle -> dog)",
+    "shape-noisy": "shapes world: name the shape; 40% of the support demonstrations name the colour instead",
+    "position-noisy": "shapes world: name the position; 40% of the support demonstrations name the colour instead",
 }
 
 
@@ -50,7 +52,11 @@ def shapes_tasks() -> list[Task]:
             template=NAMING_TEMPLATE,
             question="",
             default_shots=16,
-            max_new_tokens=4,
+            # Every label is ONE token (checked by the build), so the answer is the first
+            # generated token. Longer generations let a vector inserted at every decode
+            # step repeat the label ("square square square"), which MTV does: measured
+            # 0% with 4 new tokens where its first token was right (docs/shapes.md).
+            max_new_tokens=1,
             default_data=f"{PREFIX}:{name}",
             description=_DESCRIPTIONS[name],
         )

@@ -9,6 +9,9 @@ Four families of variants, all deterministic in (seed, split, index):
   deliberately unnatural map from attribute values to label words (red -> " lemon"),
   which only demonstrations reveal; ``fruit-noisy`` also flips a quarter of the
   SUPPORT labels, so a few shots mislead and many shots average the noise out;
+- distractor-noisy naming (``shape-noisy``, ``position-noisy``): 40% of the SUPPORT
+  demonstrations answer the scene's COLOUR instead, so a few shots leave it open
+  which attribute is asked and only the majority over many shots settles it;
 - VQA: a question per image with 10 simulated annotator answers (mostly the true
   value, some synonyms and mistakes); every question about an empty image is
   "unanswerable";
@@ -55,7 +58,11 @@ class Variant:
     attribute: str
     counts: tuple[int, ...] = (1,)
     relabel: dict[str, str] | None = field(default=None, hash=False)
-    support_noise: float = 0.0  # fraction of support labels replaced by another label
+    support_noise: float = 0.0  # fraction of support labels replaced by a wrong label
+    # where wrong support labels come from: None = another label of this attribute;
+    # an attribute name = the scene's own word for THAT attribute (a demonstration that
+    # answers the wrong question, so few shots leave the asked attribute ambiguous)
+    noise_attribute: str | None = None
 
     def values(self) -> tuple[str, ...]:
         """The attribute's possible values in these scenes."""
@@ -88,6 +95,8 @@ VARIANTS: dict[str, Variant] = {
         Variant("fruit", "colour", counts=(1, 1, 2, 3), relabel=FRUIT_OF_COLOUR),
         Variant("fruit-noisy", "colour", counts=(1, 1, 2, 3), relabel=FRUIT_OF_COLOUR, support_noise=0.25),
         Variant("animal", "shape", counts=(1, 1, 2, 3), relabel=ANIMAL_OF_SHAPE),
+        Variant("shape-noisy", "shape", counts=(1, 1, 2, 3), support_noise=0.4, noise_attribute="colour"),
+        Variant("position-noisy", "position", support_noise=0.4, noise_attribute="colour"),
     )
 }
 
@@ -110,7 +119,10 @@ def naming_items(variant: Variant, split: str, n: int, seed: int = 0) -> list[It
         clean = variant.label_of(value)
         label = clean
         if split == "support" and noise_rng.random() < variant.support_noise:
-            label = noise_rng.choice([other for other in labels if other != clean])
+            if variant.noise_attribute:
+                label = scene.attribute(variant.noise_attribute) or clean
+            else:
+                label = noise_rng.choice([other for other in labels if other != clean])
         items.append(
             Item(
                 uid=f"shapes-{variant.name}-{seed}-{split}-{index}",

@@ -39,6 +39,12 @@ def test_naming_prompt_format() -> None:
     assert data.task.score(data.task.extract(f" {data.evaluation[0].answer}\n<image>"), data.evaluation[0]) == 1.0
 
 
+def test_naming_tasks_answer_with_their_first_token() -> None:
+    naming = [task for task in shapes_tasks() if task.kind == "classification"]
+    assert len(naming) == len(NAMES) - 2  # all but vqa and episode
+    assert all(task.max_new_tokens == 1 for task in naming)
+
+
 @pytest.mark.parametrize("spec", ["shapes:fruit", "shapes:shapes-fruit", "shapes:Fruit"])
 def test_source_names(spec: str) -> None:
     data = load_task_data(DataOptions(task="shapes-fruit", data=spec, eval_limit=5))

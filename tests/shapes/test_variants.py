@@ -77,6 +77,19 @@ def test_label_noise_only_in_support() -> None:
     assert all(i.answer == i.fields["clean_answer"] for i in test)
 
 
+@pytest.mark.parametrize("name", ["shape-noisy", "position-noisy"])
+def test_distractor_noise_answers_the_colour_in_support_only(name: str) -> None:
+    variant = VARIANTS[name]
+    support = naming_items(variant, "support", 800)
+    wrong = [i for i in support if i.answer != i.fields["clean_answer"]]
+    assert 0.33 < len(wrong) / len(support) < 0.47
+    assert all(i.answer == i.fields["scene"].colour for i in wrong)
+    clean = [i for i in support if i not in wrong]
+    assert all(i.answer == i.fields["scene"].attribute(variant.attribute) for i in clean)
+    test = naming_items(variant, "test", 300)
+    assert all(i.answer == i.fields["scene"].attribute(variant.attribute) for i in test)
+
+
 def test_vqa_has_ten_answers_and_unanswerable_for_empty_images() -> None:
     items = vqa_items("test", 400)
     assert all(len(i.answers) == 10 for i in items)

@@ -24,6 +24,7 @@ import atexit
 import os
 from collections.abc import Callable, Sequence
 from datetime import timedelta
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -265,6 +266,25 @@ def load_shard(path: Path, settings: dict[str, Any]) -> Any | None:
     if not reusable(path, "shard", settings, False):
         return None
     return load_artifact(path, "shard")
+
+
+@dataclass(frozen=True)
+class RankShard:
+    """This rank's share [start, stop) of a stage's items and where its partial result lives."""
+
+    start: int
+    stop: int
+    path: Path
+    settings: dict[str, Any]  # what the shard is made from (stage settings + place in the world)
+    done: Any | None  # the shard an earlier run finished with exactly these settings, else None
+
+
+def my_shard(stage: str, workspace: str | Path, settings: dict[str, Any], n: int, force: bool) -> RankShard:
+    """This rank's share of ``n`` items of ``stage``, with a finished shard to reuse (unless ``force``)."""
+    start, stop = shard_range(n)
+    mine = shard_settings(stage, settings, start, stop)
+    path = shard_path(workspace, stage)
+    return RankShard(start, stop, path, mine, None if force else load_shard(path, mine))
 
 
 def save_shard(path: Path, tensors: dict[str, torch.Tensor], settings: dict[str, Any], extra: dict[str, Any]) -> Path:

@@ -21,7 +21,7 @@ from stvcli.config import ModelOptions
 from stvcli.data.loading import load_task_data
 from stvcli.data.options import DataOptions
 from stvcli.errors import StvError
-from stvcli.stages.common import Meter, artifact_path, file_digest, get_adapter, progress, reusable, say, say_rank
+from stvcli.stages.common import Meter, artifact_path, file_digest, get_adapter, progress, reuse_artifact, say, say_rank
 from stvcli.stages.config import BankConfig
 from stvcli.stages.scan import capture_prompts, many_shot_prompts
 
@@ -96,9 +96,9 @@ def run_bank(config: BankConfig) -> BankResult:
         "shots": scan_settings["shots"],
     }
     path = artifact_path(config.workspace, "bank")
-    if dist.broadcast_object(reusable(path, "bank", settings, config.force)):  # rank 0 decides
-        bank = load_artifact(path, "bank")
-        say(f"bank: reusing {path} (same settings and scan; --force rebuilds)", config.quiet)
+    bank = reuse_artifact(path, "bank", settings, config.force, quiet=config.quiet,
+                          why="same settings and scan; --force rebuilds")
+    if bank is not None:
         return BankResult(bank["bank"], bank["counts"], True, bank.meta["extra"].get("stats", {}))
 
     locations = scan["locations"]
@@ -157,12 +157,10 @@ def _bank_contexts_sharded(config: BankConfig, adapter, prompts, locations, sett
     elsewhere. A shard with the same settings from an earlier (crashed) run is reused.
     """
     n = len(prompts)
-    start, stop = dist.shard_range(n)
-    mine = dist.shard_settings("bank", settings, start, stop)
-    shard_file = dist.shard_path(config.workspace, "bank")
-    shard = None if config.force else dist.load_shard(shard_file, mine)
-    if shard is not None:
-        say_rank(f"bank: reusing the finished shard {shard_file} (contexts {start}:{stop})", config.quiet)
+    shard = dist.my_shard("bank", config.workspace, settings, n, config.force)
+    start, stop = shard.start, shard.stop
+    if shard.done is not None:
+        say_rank(f"bank: reusing the finished shard {shard.path} (contexts {start}:{stop})", config.quiet)
     else:
         meter = Meter()
         if stop > start:
@@ -172,9 +170,9 @@ def _bank_contexts_sharded(config: BankConfig, adapter, prompts, locations, sett
                                        on_batch=lambda n: bar.advance(job, n))
         else:
             part = torch.zeros(0, len(locations), adapter.head_dim)
-        dist.save_shard(shard_file, {"activations": part}, mine, {"stats": meter.summary()})
+        dist.save_shard(shard.path, {"activations": part}, shard.settings, {"stats": meter.summary()})
     dist.crash_for_test("bank")
-    reused = dist.all_gather_object(shard is not None)  # also the barrier: every shard is on disk
+    reused = dist.all_gather_object(shard.done is not None)  # also the barrier: every shard is on disk
     if not dist.is_main():
         return None, None
     shards = dist.read_shards(config.workspace, "bank", settings, n)

@@ -16,7 +16,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from stvcli.distributed import is_main, rank, world_size
+from stvcli.distributed import broadcast_object, is_main, rank, world_size
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -166,6 +166,22 @@ def reusable(path: Path, kind: str, settings: dict[str, Any], force: bool) -> bo
     except ArtifactError:
         return False
     return _normalise(existing.settings) == _normalise(settings)
+
+
+def reuse_artifact(path: Path, kind: str, settings: dict[str, Any], force: bool, *, quiet: bool, why: str = "",
+                   **load_options: Any) -> Any | None:
+    """The artifact at ``path`` when it was made with exactly ``settings``, else None.
+
+    Rank 0 decides and every rank loads (under torchrun all ranks agree); says so on
+    reuse, with ``why`` (e.g. "same settings and scan; --force rebuilds").
+    """
+    from stvcli.artifacts import load_artifact
+
+    if not broadcast_object(reusable(path, kind, settings, force)):
+        return None
+    stage = {"vectors": "search"}.get(kind, kind)
+    say(f"{stage}: reusing {path}" + (f" ({why})" if why else ""), quiet)
+    return load_artifact(path, kind, **load_options)
 
 
 def _normalise(value: Any) -> Any:

@@ -22,7 +22,7 @@ from stvcli.artifacts import Artifact, load_artifact, save_artifact
 from stvcli.data.types import TaskData
 from stvcli.engine import all_locations
 from stvcli.models.base import ModelAdapter
-from stvcli.stages.common import Meter, artifact_path, file_digest, progress, reusable, say
+from stvcli.stages.common import Meter, artifact_path, file_digest, progress, reuse_artifact, say
 from stvcli.stages.config import MTVConfig
 from stvcli.stages.reinforce import advantages, candidate_rewards
 from stvcli.vectors import make_intervention
@@ -75,9 +75,8 @@ def run_mtv(
     scan = load_artifact(scan_path, "scan", fingerprint=adapter.fingerprint())
     settings = {**config.model_dump(mode="json"), "scan": file_digest(scan_path), "task": scan.settings["task"]}
     path = artifact_path(workspace, "mtv")
-    if dist.broadcast_object(reusable(path, "mtv", settings, force)):  # rank 0 decides
-        done = load_artifact(path, "mtv")
-        say(f"mtv: reusing {path}", quiet)
+    done = reuse_artifact(path, "mtv", settings, force, quiet=quiet, why="same settings and scan; --force reruns")
+    if done is not None:
         extra = done.meta["extra"]
         return MTVResult(done["means"], done["locations"], done["logits"], extra.get("rewards", []), True,
                          extra.get("stats", {}))

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from stvcli import distributed as dist
-from stvcli.artifacts import load_artifact, save_artifact
+from stvcli.artifacts import save_artifact
 from stvcli.data.loading import load_task_data
 from stvcli.data.types import Item, Task, TaskData
 from stvcli.engine import capturing
@@ -29,7 +29,7 @@ from stvcli.stages.common import (
     default_batch_size,
     get_adapter,
     progress,
-    reusable,
+    reuse_artifact,
     run_batched,
     say,
     say_rank,
@@ -224,9 +224,9 @@ def run_scan(config: ScanConfig, task_data: TaskData | None = None) -> ScanResul
     k = resolve_top_k(config, adapter.n_layers, adapter.n_heads)
     settings = scan_settings(config, shots, k)
     path = artifact_path(config.workspace, "scan")
-    if dist.broadcast_object(reusable(path, "scan", settings, config.force)):  # rank 0 decides
-        scan = load_artifact(path, "scan", fingerprint=adapter.fingerprint())
-        say(f"scan: reusing {path} (same settings; --force reruns)", config.quiet)
+    scan = reuse_artifact(path, "scan", settings, config.force, quiet=config.quiet,
+                          why="same settings; --force reruns", fingerprint=adapter.fingerprint())
+    if scan is not None:
         return ScanResult(scan["scores"], scan["locations"], True, scan.meta["extra"].get("stats", {}))
 
     rng = random.Random(config.seed)
@@ -300,12 +300,10 @@ def _scan_sharded(config, adapter, task_data, queries, zero_prompts, many_prompt
     summation order), then removes the shards.
     """
     n = len(queries)
-    start, stop = dist.shard_range(n)
-    mine = dist.shard_settings("scan", settings, start, stop)
-    shard_file = dist.shard_path(config.workspace, "scan")
-    shard = None if config.force else dist.load_shard(shard_file, mine)
-    if shard is not None:
-        say_rank(f"scan: reusing the finished shard {shard_file} (queries {start}:{stop})", config.quiet)
+    shard = dist.my_shard("scan", config.workspace, settings, n, config.force)
+    start, stop = shard.start, shard.stop
+    if shard.done is not None:
+        say_rank(f"scan: reusing the finished shard {shard.path} (queries {start}:{stop})", config.quiet)
     else:
         meter = Meter()
         shape = (adapter.n_layers, adapter.n_heads, adapter.head_dim)
@@ -323,10 +321,10 @@ def _scan_sharded(config, adapter, task_data, queries, zero_prompts, many_prompt
             "many_sum": many.sum(0) if len(many) else torch.zeros(shape),
             "kept": many[: max(0, min(stop, config.keep_contexts) - start)].contiguous(),  # [t_r, L, H, D]
         }
-        dist.save_shard(shard_file, tensors, mine, {"stats": meter.summary()})
-        say_rank(f"scan: wrote {shard_file} (queries {start}:{stop})", config.quiet)
+        dist.save_shard(shard.path, tensors, shard.settings, {"stats": meter.summary()})
+        say_rank(f"scan: wrote {shard.path} (queries {start}:{stop})", config.quiet)
     dist.crash_for_test("scan")
-    reused = dist.all_gather_object(shard is not None)  # also the barrier: every shard is on disk
+    reused = dist.all_gather_object(shard.done is not None)  # also the barrier: every shard is on disk
     result = None
     if dist.is_main():
         shards = dist.read_shards(config.workspace, "scan", settings, n)

@@ -23,7 +23,7 @@ from stvcli.config import ModelOptions
 from stvcli.data.loading import load_task_data
 from stvcli.data.options import DataOptions
 from stvcli.errors import StvError
-from stvcli.stages.common import Meter, artifact_path, file_digest, get_adapter, progress, reusable, say
+from stvcli.stages.common import Meter, artifact_path, file_digest, get_adapter, progress, reusable, reuse_artifact, say
 from stvcli.stages.config import SearchConfig
 from stvcli.stages.reinforce import advantages, candidate_rewards
 from stvcli.vectors import make_intervention
@@ -87,9 +87,9 @@ def run_search(config: SearchConfig) -> SearchResult:
         "data": upstream["data"],
     }
     path = artifact_path(config.workspace, "vectors")
-    if dist.broadcast_object(reusable(path, "vectors", settings, config.force)):  # rank 0 decides
-        done = load_artifact(path, "vectors")
-        say(f"search: reusing {path} (same settings and bank; --force reruns)", config.quiet)
+    done = reuse_artifact(path, "vectors", settings, config.force, quiet=config.quiet,
+                          why="same settings and bank; --force reruns")
+    if done is not None:
         extra = done.meta["extra"]
         return SearchResult(done["vectors"], done["choices"], done["logits"], extra.get("rewards", []), True,
                             extra.get("stats", {}))

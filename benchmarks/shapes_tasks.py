@@ -58,6 +58,31 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def options_table(directory: Path) -> str:
+    """STV / mean-at-stv / random-locations per task under each (sensitivity, insert) of
+    ``benchmarks/shapes_methods.py`` runs saved as ``directory/<task>.json``."""
+    grid: dict[str, dict[str, dict]] = {}
+    for path in sorted(directory.glob("*.json")):
+        for row in json.loads(path.read_text()):
+            setting = f"{row['sensitivity']} {row['insert']}"
+            grid.setdefault(row["task"], {})[setting] = row["results"][row["task"]]
+    settings = list(dict.fromkeys(s for cells in grid.values() for s in cells))
+    lines = ["| task | " + " | ".join(f"STV, {s}" for s in settings) + " |", "|" + "---|" * (len(settings) + 1)]
+    for task, cells in grid.items():
+        row = []
+        for setting in settings:
+            methods = cells.get(setting)
+            if methods is None:
+                row.append("-")
+                continue
+            stv = _cell("stv", methods["stv"], "stv")
+            others = ", ".join(f"{100 * methods[m]['accuracy']:.0f}" for m in ("mean-at-stv", "random-locations")
+                               if m in methods)
+            row.append(f"{stv} ({others})")
+        lines.append(f"| {task} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
 def _column(method: str) -> str:
     """``icl:N`` above 4 shots is the task's "icl:max" column."""
     if method.startswith("icl:") and int(method.split(":")[1]) > 4:
@@ -78,7 +103,12 @@ def main() -> None:
     parser.add_argument("--mtv-iterations", type=int, default=None, help="default: the demo's")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--table", action="store_true", help="only print the table of --out")
+    parser.add_argument("--options", type=Path, default=None,
+                        help="only print the STV options table of a directory of shapes_methods.py outputs")
     args = parser.parse_args()
+    if args.options:
+        print(options_table(args.options))
+        return
     out = args.out or Path(f"benchmarks/results/tasks_{args.backbone}.json")
     if not args.table:
         sweep(args.backbone, args.tasks, args.root, out, args.mtv_iterations)

@@ -381,8 +381,8 @@ def demo_command(
     backbone: Annotated[str, typer.Option("--backbone", help="smollm2 | gemma3")] = "",
     workspace: Annotated[Path, typer.Option("--workspace", "-w")] = Path("runs/demo"),
     quick: Annotated[bool, typer.Option("--quick", help="Tiny settings for a smoke run (a few minutes).")] = False,
-    sensitivity: Annotated[str, typer.Option("--sensitivity", help="relative (demo default, measured best) | l2 (paper)")] = "",
-    insert: Annotated[str, typer.Option("--insert", help="replace (paper) | add")] = "",
+    sensitivity: Annotated[str, typer.Option("--sensitivity", help="l2 (paper; demo default) | relative")] = "",
+    insert: Annotated[str, typer.Option("--insert", help="add (demo default, measured best) | replace (paper)")] = "",
     mtv_iterations: Annotated[
         int | None, typer.Option("--mtv-iterations", min=1, help="MTV REINFORCE iterations (demo: 100; paper: 600).")
     ] = None,

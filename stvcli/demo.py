@@ -16,12 +16,14 @@ from stvcli.config import ModelOptions
 from stvcli.data.options import DataOptions
 from stvcli.stages.common import get_adapter, say
 
-# Measured (docs/shapes.md): on Gemma-3-270m with relative sensitivity, STV recovers
-# most of ICL's accuracy on shapes-shape; SmolLM2-135M shows almost no effect, and raw
-# L2 sensitivity picks Gemma's large-norm early heads, which carry no task.
+# Measured (docs/shapes.md, benchmarks/results/options_gemma3/): on Gemma-3-270m the
+# paper's L2 sensitivity with add insertion is best or tied on 6 of the 8 tasks where
+# any setting works (shapes-shape: 96.7% vs 55.0% with replace); relative sensitivity
+# fails on shapes-color (10%). SmolLM2-135M shows almost no effect (TESTBED.md agrees).
 DEFAULT_TASK = "shapes-shape"
 DEFAULT_BACKBONE = "gemma3"
-DEFAULT_SENSITIVITY = "relative"
+DEFAULT_SENSITIVITY = "l2"
+DEFAULT_INSERT = "add"
 DEFAULT_TOP_FRAC = 16 / 72  # 16 of Gemma-3-270m's 18 x 4 heads
 
 
@@ -37,7 +39,7 @@ class DemoConfig(BaseModel):
     seed: int = 0
     sensitivity: str = DEFAULT_SENSITIVITY
     top_frac: float = DEFAULT_TOP_FRAC
-    insert: str = "replace"
+    insert: str = DEFAULT_INSERT
     max_icl_shots: int = 32  # cap for icl:max (the shapes prompts are short; see docs/shapes.md)
     mtv_iterations: int | None = None  # None: the demo's size (the paper uses 600)
 

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict
 from stvcli.config import ModelOptions
 from stvcli.data.options import DataOptions
 from stvcli.stages.common import get_adapter, say
+from stvcli.stages.config import InsertMode, Sensitivity
 
 # Measured (docs/shapes.md, benchmarks/results/options_gemma3/): on Gemma-3-270m the
 # paper's L2 sensitivity with add insertion is best or tied on 6 of the 8 tasks where
@@ -22,8 +23,8 @@ from stvcli.stages.common import get_adapter, say
 # fails on shapes-color (10%). SmolLM2-135M shows almost no effect (TESTBED.md agrees).
 DEFAULT_TASK = "shapes-shape"
 DEFAULT_BACKBONE = "gemma3"
-DEFAULT_SENSITIVITY = "l2"
-DEFAULT_INSERT = "add"
+DEFAULT_SENSITIVITY: Sensitivity = "l2"
+DEFAULT_INSERT: InsertMode = "add"
 DEFAULT_TOP_FRAC = 16 / 72  # 16 of Gemma-3-270m's 18 x 4 heads
 
 
@@ -37,9 +38,9 @@ class DemoConfig(BaseModel):
     force: bool = False
     quiet: bool = False
     seed: int = 0
-    sensitivity: str = DEFAULT_SENSITIVITY
+    sensitivity: Sensitivity = DEFAULT_SENSITIVITY
     top_frac: float = DEFAULT_TOP_FRAC
-    insert: str = DEFAULT_INSERT
+    insert: InsertMode = DEFAULT_INSERT  # checked here, before any stage runs
     max_icl_shots: int = 32  # cap for icl:max (the shapes prompts are short; see docs/shapes.md)
     mtv_iterations: int | None = None  # None: the demo's size (the paper uses 600)
 

@@ -59,11 +59,14 @@ def test_stage_without_upstream_is_one_line(tmp_path):
         (["scan", "--model", "m", "-w", "W", "--batch-size", "zero"], "--batch-size"),
         (["scan", "--model", "m", "-w", "W", "--task", "text", "--data", "/nope/data.jsonl"], "no such file"),
         (["scan", "--model", "m", "-w", "W", "--task", "nonexistent-task"], "nonexistent-task"),
+        (["demo", "-w", "W", "--insert", "foo"], "'replace' or 'add'"),
+        (["demo", "-w", "W", "--sensitivity", "foo"], "'l2' or 'relative'"),
     ],
 )
 def test_user_mistakes_are_one_line(tmp_path, args, fragment):
     args = [str(tmp_path / "W") if a == "W" else a for a in args]
     assert_one_line_error(invoke(*args), fragment)
+    assert not (tmp_path / "W").exists()  # refused before any stage wrote anything
 
 
 def test_offline_hub_model_is_one_line(tmp_path, monkeypatch):

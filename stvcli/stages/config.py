@@ -11,6 +11,7 @@ from stvcli.config import ModelOptions
 from stvcli.data.options import DataOptions
 
 InsertMode = Literal["replace", "add"]
+Sensitivity = Literal["l2", "relative"]
 
 
 class StageOptions(BaseModel):
@@ -29,7 +30,7 @@ class ScanConfig(StageOptions):
     queries: int = 100
     top_k: int | None = None
     top_frac: float | None = Field(default=None, gt=0, le=1)
-    sensitivity: Literal["l2", "relative"] = "l2"
+    sensitivity: Sensitivity = "l2"
     seed: int = 0
     keep_contexts: int = 100  # many-shot activations kept for the bank (at the K locations)
     # Queries per sampled demonstration set in the many-shot passes: 1 = the paper's

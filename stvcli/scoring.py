@@ -82,6 +82,11 @@ def generate(
     return tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
 
 
+def default_batch_size() -> int:
+    """Rows per full forward when the user leaves ``--batch-size auto``."""
+    return 32 if torch.cuda.is_available() else 8
+
+
 def shared_answer_scores(
     adapter: ModelAdapter,
     prompts: Sequence[Prompt],
@@ -123,8 +128,8 @@ def shared_answer_scores(
     # columns are exactly each row's last prompt token and answer tokens, never images).
     for n in sorted(set(steps.tolist())):
         same = (steps == n).nonzero().flatten()
-        # prefixes are full forwards: as many rows as a full-forward batch (auto: 32 on GPU, 8 on CPU)
-        for chunk in same.split(batch_size or (32 if torch.cuda.is_available() else 8)):
+        # prefixes are full forwards: as many rows as a full-forward batch
+        for chunk in same.split(batch_size or default_batch_size()):
             keep_lengths = lengths[chunk] - drop[chunk]
             part = {k: (v[chunk.to(v.device)] if k in keys else v) for k, v in inputs.items()}
             if len(chunk) != len(prompts) and any(k not in keys and isinstance(v, torch.Tensor) for k, v in inputs.items()):

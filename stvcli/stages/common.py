@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from stvcli.distributed import broadcast_object, is_main, rank, world_size
+from stvcli.scoring import default_batch_size
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -104,10 +105,6 @@ def say_rank(message: str, quiet: bool = False) -> None:
     if not quiet:
         prefix = f"[rank {rank()}/{world_size()}] " if world_size() > 1 else ""
         console.print(prefix + message, highlight=False, markup=False)
-
-
-def default_batch_size() -> int:
-    return 32 if torch.cuda.is_available() else 8
 
 
 def run_batched(

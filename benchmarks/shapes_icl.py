@@ -2,8 +2,8 @@
 
 Goes through the same code paths as ``stv eval``: the model loads with
 ``load_model`` (AutoModelForImageTextToText + AutoProcessor on the cached directory),
-items come from ``load_task_data`` (``shapes:`` source), demonstrations from the eval
-stage's ``demonstrations_for``, generation from ``scoring.generate``.
+items come from ``load_task_data`` (``shapes:`` source), demonstrations from
+``sampling.demonstrations_for`` (as in the eval stage), generation from ``scoring.generate``.
 
     .venv/bin/python benchmarks/shapes_icl.py --backbone smollm2 --n 100 \
         --out benchmarks/results/shapes_icl_smollm2.json
@@ -29,14 +29,13 @@ MAX_EPISODE_SHOTS = 8  # an episode demonstration is ~3 lines and 3 images; 16 o
 
 
 def measure(backbone: str, tasks: list[str], shots: list[int], n: int, seed: int, batch: int, out: Path) -> dict:
-    import stvcli.shapes.tasks  # noqa: F401 - registers the shapes tasks and source
     from stvcli.config import ModelOptions
     from stvcli.data.loading import load_task_data
     from stvcli.data.options import DataOptions
+    from stvcli.data.sampling import demonstrations_for
     from stvcli.models.loading import load_model
     from stvcli.scoring import generate
     from stvcli.shapes.build import ensure_shapes_model
-    from stvcli.stages.evaluate import demonstrations_for
 
     results = json.loads(out.read_text()) if out.exists() else {}
     results.setdefault("meta", {}).update(backbone=backbone, n=n, seed=seed, threads=torch.get_num_threads())

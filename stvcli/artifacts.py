@@ -13,6 +13,8 @@ import json
 import os
 import platform
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,19 +29,28 @@ from stvcli.errors import ArtifactError
 
 SCHEMA_VERSION = 1
 
-# kind -> tensor name -> expected rank
-KINDS: dict[str, dict[str, int]] = {
-    "scan": {"scores": 2, "locations": 2},
-    "bank": {"bank": 3, "counts": 2, "locations": 2},
-    "vectors": {"vectors": 2, "locations": 2, "logits": 2},
-    "mtv": {"means": 3, "locations": 2, "logits": 2},
-    "activations": {"activations": 3, "locations": 2},
-    "search-state": {"logits": 2},
-    "shard": {},  # one rank's partial result of a data-parallel stage (W/shards/)
-}
 
-# The command that produces each kind, for "run X first" messages.
-PRODUCER = {"scan": "stv scan", "bank": "stv bank", "vectors": "stv search", "mtv": "stv eval --methods mtv"}
+@dataclass(frozen=True)
+class Kind:
+    """One artifact kind: its tensors (name -> rank), its file in a workspace, and the
+    stage (or command) that writes it, for "run X first" messages."""
+
+    tensors: dict[str, int]
+    file: str | None = None
+    stage: str | None = None  # the stage name in messages ("search" writes vectors)
+    producer: str | None = None
+
+
+KINDS: dict[str, Kind] = {
+    "scan": Kind({"scores": 2, "locations": 2}, "scan.safetensors", "scan", "stv scan"),
+    "activations": Kind({"activations": 3, "locations": 2}, "activations.safetensors", "scan", "stv scan"),
+    "bank": Kind({"bank": 3, "counts": 2, "locations": 2}, "bank.safetensors", "bank", "stv bank"),
+    "vectors": Kind({"vectors": 2, "locations": 2, "logits": 2}, "vectors.safetensors", "search", "stv search"),
+    "search-state": Kind({"logits": 2}, "search-state.safetensors", "search"),
+    "mtv": Kind({"means": 3, "locations": 2, "logits": 2}, "mtv.safetensors", "mtv", "stv eval --methods mtv"),
+    "mtv-state": Kind({"logits": 2}, "mtv-state.safetensors", "mtv"),
+    "shard": Kind({}),  # one rank's partial result of a data-parallel stage (W/shards/)
+}
 
 
 def versions() -> dict[str, str]:
@@ -85,6 +96,7 @@ def save_artifact(
     extra: dict[str, Any] | None = None,
 ) -> Path:
     """Validate and atomically write an artifact; returns its path."""
+    path = Path(path)
     _check_tensors(kind, tensors, str(path))
     meta: dict[str, str] = {
         "stv.schema": str(SCHEMA_VERSION),
@@ -98,18 +110,31 @@ def save_artifact(
         "stv.created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "stv.extra": json.dumps(extra or {}, sort_keys=True, default=str),
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     contiguous = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
+    with atomic_output(Path(path)) as temp:
+        save_file(contiguous, str(temp), metadata=meta)
+    return path
+
+
+@contextmanager
+def atomic_output(path: Path) -> Iterator[Path]:
+    """A temp path beside ``path`` to write; renamed onto ``path`` when the block ends
+    cleanly, removed otherwise, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(handle)
     try:
-        save_file(contiguous, temp, metadata=meta)
+        yield Path(temp)
         os.replace(temp, path)
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
-    return path
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a text file atomically (``atomic_output``)."""
+    with atomic_output(Path(path)) as temp:
+        temp.write_text(text)
 
 
 def load_artifact(
@@ -121,7 +146,8 @@ def load_artifact(
     """Read and validate an artifact of ``kind``; with ``fingerprint``, refuse another model's."""
     path = Path(path)
     if not path.exists():
-        hint = f"; run `{PRODUCER[kind]}` first" if kind in PRODUCER else ""
+        producer = KINDS[kind].producer if kind in KINDS else None
+        hint = f"; run `{producer}` first" if producer else ""
         raise ArtifactError(f"{path} does not exist{hint}")
     try:
         from safetensors import safe_open
@@ -169,7 +195,7 @@ def compare_fingerprints(stored: dict[str, Any], current: dict[str, Any], where:
 def _check_tensors(kind: str, tensors: dict[str, torch.Tensor], where: str) -> None:
     if kind not in KINDS:
         raise ValueError(f"unknown artifact kind {kind!r}")
-    for name, rank in KINDS[kind].items():
+    for name, rank in KINDS[kind].tensors.items():
         if name not in tensors:
             raise ArtifactError(f"{where}: {kind} artifact lacks tensor {name!r}; rerun the stage with --force")
         if tensors[name].ndim != rank:

@@ -18,6 +18,7 @@ from rich.console import Console
 
 from stvcli import __version__
 from stvcli.errors import StvError
+from stvcli.stages.methods import method_list
 
 app = typer.Typer(
     name="stv",
@@ -289,7 +290,7 @@ def search_command(
 def eval_command(
     workspace: Annotated[Optional[Path], typer.Option("--workspace", "-w", help="Workspace with the stage artifacts.")] = None,
     vectors: Annotated[Optional[Path], typer.Option("--vectors", help="A vectors.safetensors file (no workspace needed).")] = None,
-    methods: Annotated[str, typer.Option("--methods", help="Comma list: zero-shot, icl:N, stv, stv+icl:N, mtv, random-locations, mean-at-stv, mean-all-heads.")] = "zero-shot,icl:4,mtv,stv",
+    methods: Annotated[str, typer.Option("--methods", help=f"Comma list of: {method_list()}.")] = "zero-shot,icl:4,mtv,stv",
     limit: Annotated[Optional[int], typer.Option("--limit", help="Evaluate the first N items.")] = None,
     output_path: Annotated[Optional[Path], typer.Option("--output-path", help="Directory for results.json (default: the workspace).")] = None,
     log_samples: Annotated[bool, typer.Option("--log-samples", help="Also write samples_<task>.jsonl.")] = False,

@@ -14,13 +14,15 @@ from pydantic import BaseModel, ConfigDict
 
 from stvcli.config import ModelOptions
 from stvcli.data.options import DataOptions
-from stvcli.stages.common import get_adapter, say
-from stvcli.stages.config import InsertMode, Sensitivity
+from stvcli.console import say
+from stvcli.engine import InsertMode
+from stvcli.stages.common import get_adapter
+from stvcli.stages.config import Sensitivity
 
 # Measured (docs/shapes.md, benchmarks/results/options_gemma3/): on Gemma-3-270m the
 # paper's L2 sensitivity with add insertion is best or tied on 6 of the 8 tasks where
 # any setting works (shapes-shape: 96.7% vs 55.0% with replace); relative sensitivity
-# fails on shapes-color (10%). SmolLM2-135M shows almost no effect (TESTBED.md agrees).
+# fails on shapes-color (10%). SmolLM2-135M shows almost no effect (docs/shapes.md).
 DEFAULT_TASK = "shapes-shape"
 DEFAULT_BACKBONE = "gemma3"
 DEFAULT_SENSITIVITY: Sensitivity = "l2"

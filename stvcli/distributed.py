@@ -5,12 +5,10 @@ Nothing here starts processes: the launcher does, and sets ``RANK``, ``WORLD_SIZ
 call) every function is a no-op for a world of one and no process group is created,
 so single-process behaviour is unchanged.
 
-The stages use this module as follows: every rank builds the same work list from the
-seed, takes its contiguous share (``shard_range``), writes its partial result into the
-workspace atomically (``W/shards/<stage>-<rank>-of-<world>.safetensors``), and rank 0
-merges after a ``barrier``; collectives gather small objects (rewards, samples). The
-workspace must therefore be on a file system that every rank sees (one node: any
-directory; several nodes: a shared file system).
+This module holds rank facts and collectives only: each rank's contiguous share of a
+work list (``shard_range``) and gathers of small objects (rewards, samples). The shard
+files of a stage (partial results written by each rank and merged by rank 0) belong
+to the workspace layer (``stvcli.workspace``).
 
 The process group uses NCCL when CUDA is present and gloo otherwise (CPU tests). Its
 timeout is long (``STV_DIST_TIMEOUT_S``, default 24 h) because ranks legitimately wait:
@@ -24,8 +22,6 @@ import atexit
 import os
 from collections.abc import Callable, Sequence
 from datetime import timedelta
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
@@ -220,12 +216,6 @@ def merge_stats(parts: list[dict[str, Any]]) -> dict[str, Any]:
     return merged
 
 
-def shard_name(stage: str, rank_: int | None = None, world: int | None = None) -> str:
-    rank_ = rank() if rank_ is None else rank_
-    world = world_size() if world is None else world
-    return f"{stage}-{rank_}-of-{world}.safetensors"
-
-
 def crash_for_test(stage: str) -> None:
     """Test hook: ``STV_TEST_CRASH_AFTER_SHARD=<stage>:<rank>`` kills that rank right after
     it wrote its shard (before the merge), as a node failure would; only in the first
@@ -246,81 +236,3 @@ def gather_shares(n: int, compute: Callable[[int, int], torch.Tensor]) -> torch.
     start, stop = shard_range(n)
     part = compute(start, stop) if stop > start else torch.empty(0)
     return all_gather_cat(part)
-
-
-# ---------------------------------------------------------------- shard files
-def shard_path(workspace: str | Path, stage: str, rank_: int | None = None, world: int | None = None) -> Path:
-    return Path(workspace) / "shards" / shard_name(stage, rank_, world)
-
-
-def shard_settings(stage: str, settings: dict[str, Any], start: int, stop: int) -> dict[str, Any]:
-    """What a shard was made from: the stage's settings plus this rank's place in the world."""
-    return {"stage": stage, "settings": settings, "rank": rank(), "world": world_size(), "start": start, "stop": stop}
-
-
-def load_shard(path: Path, settings: dict[str, Any]) -> Any | None:
-    """The shard at ``path`` when it was written with exactly ``settings``, else None."""
-    from stvcli.artifacts import load_artifact
-    from stvcli.stages.common import reusable
-
-    if not reusable(path, "shard", settings, False):
-        return None
-    return load_artifact(path, "shard")
-
-
-@dataclass(frozen=True)
-class RankShard:
-    """This rank's share [start, stop) of a stage's items and where its partial result lives."""
-
-    start: int
-    stop: int
-    path: Path
-    settings: dict[str, Any]  # what the shard is made from (stage settings + place in the world)
-    done: Any | None  # the shard an earlier run finished with exactly these settings, else None
-
-
-def my_shard(stage: str, workspace: str | Path, settings: dict[str, Any], n: int, force: bool) -> RankShard:
-    """This rank's share of ``n`` items of ``stage``, with a finished shard to reuse (unless ``force``)."""
-    start, stop = shard_range(n)
-    mine = shard_settings(stage, settings, start, stop)
-    path = shard_path(workspace, stage)
-    return RankShard(start, stop, path, mine, None if force else load_shard(path, mine))
-
-
-def save_shard(path: Path, tensors: dict[str, torch.Tensor], settings: dict[str, Any], extra: dict[str, Any]) -> Path:
-    """Write one rank's partial result atomically (temp file, then rename)."""
-    from stvcli.artifacts import save_artifact
-
-    return save_artifact(path, "shard", tensors, model="", fingerprint={}, settings=settings, extra=extra)
-
-
-def read_shards(workspace: str | Path, stage: str, settings: dict[str, Any], n: int) -> list[Any]:
-    """Rank 0, after the barrier: every rank's shard of ``stage``, in rank order."""
-    from stvcli.errors import StvError
-
-    world = world_size()
-    shards = []
-    for r in range(world):
-        path = shard_path(workspace, stage, r, world)
-        start, stop = shard_range(n, r, world)
-        expected = {"stage": stage, "settings": settings, "rank": r, "world": world, "start": start, "stop": stop}
-        shard = load_shard(path, expected)
-        if shard is None:
-            raise StvError(
-                f"{path} is missing or stale after every rank finished; is the workspace on a file system that "
-                "every rank (every node) sees? Rerun the same command"
-            )
-        shards.append(shard)
-    return shards
-
-
-def clear_shards(workspace: str | Path, stage: str) -> None:
-    """Remove the shards of ``stage`` once its artifact is written (rank 0)."""
-    folder = Path(workspace) / "shards"
-    for pattern in (f"{stage}-*-of-*.safetensors", f".{stage}-*-of-*.safetensors.*.tmp"):  # tmp: a killed writer
-        for path in folder.glob(pattern):
-            path.unlink(missing_ok=True)
-    try:
-        folder.rmdir()
-    except OSError:
-        pass

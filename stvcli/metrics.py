@@ -172,9 +172,6 @@ def exact_match(prediction: str, target: str) -> float:
     return float(cut_answer(prediction).lower() == target.strip().lower())
 
 
-classification_accuracy = exact_match
-
-
 def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
     """Wilson score interval of a binomial proportion (0/1 scores)."""
     if n <= 0:

@@ -34,9 +34,6 @@ import torch
 from stvcli.models.base import ModelAdapter
 from stvcli.prompt import IMAGE_PLACEHOLDER, Prompt
 
-#: Families whose prefix + step forward was checked equal to the full forward (tests).
-PREFIX_FAMILIES = frozenset({"text", "llava", "idefics2", "idefics3", "qwen2-vl", "qwen2.5-vl"})
-
 _ENABLED: contextvars.ContextVar[bool] = contextvars.ContextVar("stv_prefix_sharing", default=True)
 
 # Tensors of the processor output that hold one value per token ([B, T]).
@@ -55,16 +52,9 @@ def straightforward() -> Iterator[None]:
 
 
 def can_share_prefix(adapter: ModelAdapter) -> bool:
-    """Whether the shared-prefix path is used for this adapter (family capability flag).
-
-    An adapter may set ``prefix_sharing = True/False`` to override the family table.
-    """
-    if not _ENABLED.get():
-        return False
-    flag = getattr(adapter, "prefix_sharing", None)
-    if flag is not None:
-        return bool(flag)
-    return adapter.family in PREFIX_FAMILIES
+    """Whether the shared-prefix path is used for this adapter: its ``prefix_sharing`` flag
+    (declared by its family), unless ``straightforward()`` is in force."""
+    return _ENABLED.get() and bool(adapter.prefix_sharing)
 
 
 # ------------------------------------------------------------------------ tensors

@@ -30,10 +30,6 @@ class AnswerScores:
     total: torch.Tensor  # sum of log p over the answer's tokens
     n_tokens: torch.Tensor  # answer length in tokens
 
-    @property
-    def first_token_ce(self) -> torch.Tensor:
-        return -self.first_token
-
 
 def answer_scores(
     adapter: ModelAdapter,

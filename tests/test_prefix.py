@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from stvcli.engine import Intervention, all_locations, capturing
+from stvcli.models.qwen_vl import QwenVLAdapter
+from stvcli.models.text import GenericAdapter
 from stvcli.prefix import (
-    PREFIX_FAMILIES,
     can_share_prefix,
     capture_shared,
     run_prefix,
@@ -61,7 +62,7 @@ def group_prompts(family: str) -> list[Prompt]:
 @pytest.mark.parametrize("mode", ["replace", "add"])
 def test_shared_scores_equal_full_forwards(family, mode, tiny, tiny_prompts):
     adapter = tiny(family)
-    assert can_share_prefix(adapter), f"{family} should share prefixes (PREFIX_FAMILIES)"
+    assert can_share_prefix(adapter), f"{family} should share prefixes (prefix_sharing)"
     prompts = tiny_prompts(family)
     cands = candidates(adapter, 3, mode)
     first_ref, total_ref = per_row_reference(adapter, prompts, ANSWERS, cands, 3)
@@ -148,4 +149,4 @@ def test_fallback_flag_and_straightforward_switch(tiny, monkeypatch):
     assert not can_share_prefix(adapter)
     fallback = reinforce.candidate_rewards(adapter, task, queries, cands, 4, "first-token", Meter(), None)
     assert torch.allclose(fallback, full, atol=ATOL)
-    assert "generic" not in PREFIX_FAMILIES and "qwen-vl" not in PREFIX_FAMILIES
+    assert not GenericAdapter.prefix_sharing and not QwenVLAdapter.prefix_sharing

@@ -1,11 +1,10 @@
-"""Seeded randomness: named random streams and per-query demonstration samples."""
+"""Seeded randomness: named random streams and per-item demonstration samples."""
 
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
 
-from stvcli.data.types import Item, Task
+from stvcli.data.types import Item, TaskData
 
 
 def seeded_rng(seed: int, *parts: object) -> random.Random:
@@ -14,12 +13,7 @@ def seeded_rng(seed: int, *parts: object) -> random.Random:
     return random.Random(":".join(["stv", str(seed), *map(str, parts)]))
 
 
-def demonstrations_for(
-    task: Task, pool: Sequence[Item], query: Item, shots: int, seed: int, purpose: str = "demos"
-) -> list[Item]:
-    """``shots`` demonstrations for ``query`` from ``pool`` (never the query itself).
-
-    The draw depends only on (seed, purpose, query uid), so it does not change with the
-    order or batching in which queries are processed.
-    """
-    return task.sample_demonstrations(pool, shots, seeded_rng(seed, purpose, query.uid), exclude=query)
+def demonstrations_for(task_data: TaskData, item: Item, shots: int, seed: int) -> list[Item]:
+    """The same N demonstrations for an item in every method that uses N shots."""
+    rng = random.Random(f"{seed}:{item.uid}:{shots}")
+    return task_data.task.sample_demonstrations(task_data.support, shots, rng, exclude=item)

@@ -20,6 +20,7 @@ from stvcli.data.images import IMAGE_SUFFIXES, FileImage, HubImage, bytes_key, c
 from stvcli.data.options import DataOptions, SourceSpec
 from stvcli.data.types import Item, TaskKind
 from stvcli.errors import DataError
+from stvcli.registry import Registry
 
 LOCAL_HINT = "give local files: --data path/to/file.jsonl (see docs/data.md)"
 SPLIT_FOLDERS = ("train", "training", "validation", "val", "valid", "dev", "test", "testing")
@@ -28,7 +29,7 @@ SPLIT_FOLDERS = ("train", "training", "validation", "val", "valid", "dev", "test
 # ----------------------------------------------------------------------------- plugins
 
 SourceLoader = Callable[[DataOptions], tuple[Sequence[Item], Sequence[Item]]]
-_PLUGINS: dict[str, SourceLoader] = {}
+SOURCES: Registry[SourceLoader] = Registry("data source", error=DataError)
 _PREFIX = re.compile(r"^[a-z][a-z0-9_-]*$")
 
 
@@ -40,17 +41,18 @@ def register_source(prefix: str, loader: SourceLoader, *, replace: bool = False)
     """
     if not _PREFIX.match(prefix) or prefix == "hf":
         raise ValueError(f"bad source prefix {prefix!r}: lowercase letters, digits, '-', '_' (and not 'hf')")
-    if prefix in _PLUGINS and not replace:
+    if prefix in SOURCES and not replace:
         raise ValueError(f"source prefix {prefix!r} is already registered")
-    _PLUGINS[prefix] = loader
+    SOURCES.register(prefix, loader, replace=True)
 
 
 def source_prefixes() -> tuple[str, ...]:
-    return tuple(_PLUGINS)
+    """Every registered prefix (plugins load first)."""
+    return tuple(SOURCES.names())
 
 
 def get_source_loader(prefix: str) -> SourceLoader:
-    return _PLUGINS[prefix]
+    return SOURCES.get(prefix)
 
 
 # ----------------------------------------------------------------------------- presets

@@ -22,6 +22,7 @@ from stvcli.data.types import Item, Task, TaskKind, load_image
 from stvcli.errors import DataError
 from stvcli.metrics import VQA_VARIANTS, cut_answer, exact_match, vqa_accuracy
 from stvcli.prompt import IMAGE_PLACEHOLDER, Prompt
+from stvcli.registry import Registry
 
 SEPARATOR = "\n"
 ANSWER_SLOT = " {answer}"
@@ -176,36 +177,20 @@ class EpisodeTask(Task):
 
 # ----------------------------------------------------------------------------- registry
 
-_TASKS: dict[str, Task] = {}
+TASKS: Registry[Task] = Registry("task", error=DataError, hint="stv tasks lists them")
 
 
 def register_task(task: Task, *, replace: bool = False) -> Task:
     """Add a task under ``task.name`` (``stv tasks`` lists it; ``--task`` selects it)."""
-    if task.name in _TASKS and not replace:
-        raise ValueError(f"task {task.name!r} is already registered")
-    _TASKS[task.name] = task
-    return task
-
-
-def _load_bundled_tasks() -> None:
-    """Tasks that ship in other stvcli packages register on first use (the shapes world).
-
-    Imported lazily: those modules build on this one.
-    """
-    import stvcli.shapes.tasks  # noqa: F401
+    return TASKS.register(task.name, task, replace=replace)
 
 
 def get_task(name: str) -> Task:
-    _load_bundled_tasks()
-    try:
-        return _TASKS[name]
-    except KeyError:
-        raise DataError(f"unknown task '{name}'; choose one of {', '.join(sorted(_TASKS))} (stv tasks lists them)") from None
+    return TASKS.get(name)
 
 
 def list_tasks() -> list[dict[str, Any]]:
     """name, kind, metric, default shots, default data and description of every task."""
-    _load_bundled_tasks()
     return [
         {
             "name": task.name,
@@ -215,7 +200,7 @@ def list_tasks() -> list[dict[str, Any]]:
             "default_data": getattr(task, "default_data", None),
             "description": getattr(task, "description", ""),
         }
-        for task in sorted(_TASKS.values(), key=lambda t: t.name)
+        for _, task in sorted(TASKS.items())
     ]
 
 

@@ -9,7 +9,6 @@ head geometry (n_layers, n_heads, head_dim). Family subclasses override
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -18,7 +17,7 @@ import torch
 from torch import nn
 
 from stvcli.errors import ModelError
-from stvcli.prompt import IMAGE_PLACEHOLDER, Prompt
+from stvcli.prompt import Prompt
 
 _PROJECTION_NAMES = ("o_proj", "c_proj", "out_proj", "dense")
 
@@ -30,6 +29,9 @@ class ModelAdapter:
     architectures: ClassVar[tuple[str, ...]] = ()
     #: Whether prompts are wrapped in the chat template by default.
     chat_template_default: ClassVar[bool] = False
+    #: Whether a cached prompt prefix + a step over the rest equals the full forward
+    #: (checked by tests for the family); ``stvcli.prefix`` uses the full forward otherwise.
+    prefix_sharing: bool = False
 
     def __init__(
         self,
@@ -184,9 +186,6 @@ class ModelAdapter:
             digest.update(self.revision.encode())
         return digest.hexdigest()[:16]
 
-    def describe(self) -> str:
-        return json.dumps({"name": self.name, "family": self.family, **self.fingerprint()})
-
 
 def _projections_by_pattern(model: nn.Module, pattern: str) -> list[nn.Module]:
     regex = re.compile(pattern)
@@ -206,5 +205,29 @@ def _projections_by_pattern(model: nn.Module, pattern: str) -> list[nn.Module]:
     return [m for _, _, m in numbered]
 
 
-def count_placeholders(text: str) -> int:
-    return text.count(IMAGE_PLACEHOLDER)
+def chat_template_of(adapter: ModelAdapter) -> str | None:
+    """The chat template the adapter's processor or tokenizer ships, if any."""
+    return getattr(adapter.processor, "chat_template", None) or getattr(adapter.tokenizer, "chat_template", None)
+
+
+def settle_chat_template(adapter: ModelAdapter, requested: bool | None) -> None:
+    """Keep ``use_chat_template`` only where a template exists.
+
+    The family default (``requested`` None) quietly falls back to raw text; an explicit
+    request for a template the model lacks is a ModelError.
+    """
+    if not adapter.use_chat_template or chat_template_of(adapter) is not None:
+        return
+    if requested:
+        raise ModelError(f"{adapter.name} has no chat template; run without --chat-template or use a model that ships one")
+    adapter.use_chat_template = False
+
+
+def without_duplicate_bos(adapter: ModelAdapter, rendered: str) -> str:
+    """Drop a template's leading BOS text when the tokenizer adds BOS itself (else BOS twice)."""
+    tokenizer = adapter.tokenizer
+    bos = getattr(tokenizer, "bos_token", None)
+    if not bos or not rendered.startswith(bos):
+        return rendered
+    ids = tokenizer("x")["input_ids"]
+    return rendered[len(bos) :] if ids and ids[0] == tokenizer.bos_token_id else rendered

@@ -12,13 +12,14 @@ from __future__ import annotations
 from typing import ClassVar
 
 from stvcli.models.registry import register
-from stvcli.models.text import VisionAdapter
+from stvcli.models.vision import VisionAdapter
 
 
 @register
 class Idefics2Adapter(VisionAdapter):
     family: ClassVar[str] = "idefics2"
     architectures: ClassVar[tuple[str, ...]] = ("Idefics2ForConditionalGeneration",)
+    prefix_sharing: bool = True
     nested_images: ClassVar[bool] = True
 
     def _configure_processor(self) -> None:

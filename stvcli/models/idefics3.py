@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 from transformers import Idefics3Processor
 
 from stvcli.models.registry import register
-from stvcli.models.text import VisionAdapter
+from stvcli.models.vision import VisionAdapter
 
 
 def image_seq_len(config: Any) -> int:
@@ -29,6 +29,7 @@ class Idefics3Adapter(VisionAdapter):
         "Idefics3ForConditionalGeneration",
         "SmolVLMForConditionalGeneration",
     )
+    prefix_sharing: bool = True
     nested_images: ClassVar[bool] = True
 
     @classmethod

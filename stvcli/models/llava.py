@@ -11,13 +11,14 @@ from __future__ import annotations
 from typing import ClassVar
 
 from stvcli.models.registry import register
-from stvcli.models.text import VisionAdapter
+from stvcli.models.vision import VisionAdapter
 
 
 @register
 class LlavaAdapter(VisionAdapter):
     family: ClassVar[str] = "llava"
     architectures: ClassVar[tuple[str, ...]] = ("LlavaForConditionalGeneration",)
+    prefix_sharing: bool = True
 
     def _configure_processor(self) -> None:
         processor, config = self.processor, self.model.config

@@ -36,7 +36,7 @@ from stvcli.config import ModelOptions
 from stvcli.errors import ModelError
 from stvcli.models.base import ModelAdapter
 from stvcli.models.registry import adapter_class, resolve_name
-from stvcli.models.text import VisionAdapter
+from stvcli.models.vision import VisionAdapter
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -18,7 +18,7 @@ import torch
 from transformers import Qwen2_5_VLProcessor, Qwen2VLProcessor
 
 from stvcli.models.registry import register
-from stvcli.models.text import VisionAdapter
+from stvcli.models.vision import VisionAdapter
 
 
 def _image_only(processor_class: type) -> type:
@@ -40,6 +40,7 @@ Qwen2_5_VLImageOnlyProcessor = _image_only(Qwen2_5_VLProcessor)
 class Qwen2VLAdapter(VisionAdapter):
     family: ClassVar[str] = "qwen2-vl"
     architectures: ClassVar[tuple[str, ...]] = ("Qwen2VLForConditionalGeneration",)
+    prefix_sharing: bool = True
     processor_class: ClassVar[type] = Qwen2VLImageOnlyProcessor
 
     @classmethod

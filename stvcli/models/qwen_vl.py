@@ -28,6 +28,7 @@ from stvcli.prompt import IMAGE_PLACEHOLDER
 class QwenVLAdapter(TextAdapter):
     family: ClassVar[str] = "qwen-vl"
     architectures: ClassVar[tuple[str, ...]] = ("QWenLMHeadModel",)
+    prefix_sharing: bool = False
 
     def __init__(self, model: nn.Module, processor: Any, name: str, **kwargs: Any) -> None:
         tokenizer = getattr(processor, "tokenizer", processor)

@@ -1,27 +1,54 @@
 """Which adapter serves which model: architecture lookup and short model names.
 
 Family modules register their adapter class with ``@register``; lookups go by
-``config.architectures``. An architecture nobody registered gets ``GenericAdapter``,
-which discovers the attention output projections from the module tree.
+``config.architectures``. Every module of ``stvcli.models`` other than the
+infrastructure (``INFRASTRUCTURE_MODULES``) is a family module, imported once before
+the first lookup, so a new family is one new file. An architecture nobody registered
+gets ``GenericAdapter``, which discovers the attention output projections from the
+module tree.
 """
 
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from torch import nn
 
+from stvcli.errors import ModelError
 from stvcli.models.base import ModelAdapter
+from stvcli.registry import Registry
 
-_FAMILY_MODULES = ("text", "idefics2", "idefics3", "qwen2_vl", "llava", "qwen_vl")
-
-_BY_ARCHITECTURE: dict[str, type[ModelAdapter]] = {}
-_BY_FAMILY: dict[str, type[ModelAdapter]] = {}
+#: Modules of ``stvcli.models`` that define no family (discovery skips them).
+INFRASTRUCTURE_MODULES = frozenset({"base", "registry", "loading", "vision"})
 
 A = TypeVar("A", bound=type[ModelAdapter])
+
+_discovered = False
+
+
+def family_modules() -> list[str]:
+    """Full names of the family modules: every module of ``stvcli.models`` but the infrastructure."""
+    import stvcli.models as package
+
+    found = pkgutil.iter_modules(package.__path__)
+    return [f"{package.__name__}.{m.name}" for m in found if m.name not in INFRASTRUCTURE_MODULES]
+
+
+def discover_families() -> None:
+    """Import every family module once (each registers its adapters on import)."""
+    global _discovered
+    if _discovered:
+        return
+    for module in family_modules():
+        importlib.import_module(module)
+    _discovered = True
+
+
+ADAPTERS: Registry[type[ModelAdapter]] = Registry("architecture", error=ModelError, discover=discover_families)
 
 
 @dataclass(frozen=True)
@@ -50,16 +77,13 @@ KNOWN_MODELS: tuple[KnownModel, ...] = (
 
 
 def register(cls: A) -> A:
-    """Class decorator: serve every architecture in ``cls.architectures`` with ``cls``."""
+    """Class decorator: serve every architecture in ``cls.architectures`` with ``cls``.
+
+    An architecture already served by another class is a ValueError.
+    """
     for architecture in cls.architectures:
-        _BY_ARCHITECTURE[architecture] = cls
-    _BY_FAMILY.setdefault(cls.family, cls)
+        ADAPTERS.register(architecture, cls)
     return cls
-
-
-def _load_families() -> None:
-    for module in _FAMILY_MODULES:
-        importlib.import_module(f"stvcli.models.{module}")
 
 
 def known_model(name: str) -> KnownModel | None:
@@ -76,19 +100,12 @@ def resolve_name(name: str) -> str:
 
 def adapter_class(architectures: Sequence[str] | None) -> type[ModelAdapter]:
     """The registered adapter for the first known architecture, else ``GenericAdapter``."""
-    _load_families()
     for architecture in architectures or ():
-        if architecture in _BY_ARCHITECTURE:
-            return _BY_ARCHITECTURE[architecture]
+        if architecture in ADAPTERS:
+            return ADAPTERS.get(architecture)
     from stvcli.models.text import GenericAdapter
 
     return GenericAdapter
-
-
-def family_class(family: str) -> type[ModelAdapter]:
-    """The adapter registered for ``family`` (e.g. "qwen2-vl"); KeyError when none is."""
-    _load_families()
-    return _BY_FAMILY[family]
 
 
 def adapter_for(model: nn.Module, processor: Any, name: str, **kwargs: Any) -> ModelAdapter:
@@ -102,10 +119,12 @@ def adapter_for(model: nn.Module, processor: Any, name: str, **kwargs: Any) -> M
 
 def list_models() -> list[dict[str, Any]]:
     """The short names ``stv models`` prints: name, hub_id, family, architectures."""
-    _load_families()
+    families: dict[str, type[ModelAdapter]] = {}
+    for _, cls in ADAPTERS.items():
+        families.setdefault(cls.family, cls)
     rows = []
     for known in KNOWN_MODELS:
-        cls = _BY_FAMILY.get(known.family)
+        cls = families.get(known.family)
         rows.append(
             {
                 "name": known.name,

@@ -1,8 +1,9 @@
 """The shapes tasks (``shapes-color``, ``shapes-fruit``, ``shapes-vqa``, ...) and the
 ``shapes:`` data source, registered with the generic task and source registries.
 
-Importing this module registers everything (once). Prompts are plain text, one
-block per line, no chat template and no instruction for the naming tasks:
+``register`` adds everything; it runs as the ``stvcli.plugins`` entry point before the
+first task or source lookup, so no core module imports this one. Prompts are plain
+text, one block per line, no chat template and no instruction for the naming tasks:
 
     <image> Answer: red
     <image> Answer: blue
@@ -87,7 +88,11 @@ def shapes_tasks() -> list[Task]:
 def source_kind(name: str) -> TaskKind:
     """The kind of items ``shapes:NAME`` gives."""
     name = _variant_name(name)
-    return {"vqa": "vqa", "episode": "episode"}.get(name, "classification")  # type: ignore[return-value]
+    if name == "vqa":
+        return "vqa"
+    if name == "episode":
+        return "episode"
+    return "classification"
 
 
 def shapes_items(name: str, split: str, n: int, seed: int = 0) -> list[Item]:
@@ -130,6 +135,3 @@ def register() -> None:
         register_task(task, replace=True)
     if PREFIX not in source_prefixes():
         register_source(PREFIX, load_shapes)
-
-
-register()

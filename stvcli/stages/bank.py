@@ -16,14 +16,15 @@ import numpy as np
 import torch
 
 from stvcli import distributed as dist
-from stvcli.artifacts import load_artifact, save_artifact
 from stvcli.config import ModelOptions
+from stvcli.console import progress, say
 from stvcli.data.loading import load_task_data
 from stvcli.data.options import DataOptions
 from stvcli.errors import StvError
-from stvcli.stages.common import Meter, artifact_path, file_digest, get_adapter, progress, reuse_artifact, say, say_rank
+from stvcli.stages.common import Meter, get_adapter
 from stvcli.stages.config import BankConfig
 from stvcli.stages.scan import capture_prompts, many_shot_prompts
+from stvcli.workspace import Provenance, Workspace
 
 
 @dataclass
@@ -72,8 +73,8 @@ def cluster_locations(activations: torch.Tensor, clusters: int, seed: int, niter
 def run_bank(config: BankConfig) -> BankResult:
     """Build (or reuse) the bank from the scan's locations.
 
-    Under torchrun the extra many-shot contexts are split across ranks (shards in
-    ``W/shards``, reused after a crash); rank 0 clusters and writes the bank.
+    Contexts: the scan's kept many-shot activations first, then extra many-shot
+    forwards (under torchrun split across ranks); rank 0 clusters and writes the bank.
     """
     dist.init()
     if config.contexts < config.clusters:
@@ -81,113 +82,68 @@ def run_bank(config: BankConfig) -> BankResult:
             f"--contexts {config.contexts} is below --clusters {config.clusters}; k-means needs T >= M "
             f"(raise --contexts or lower --clusters)"
         )
-    scan_path = artifact_path(config.workspace, "scan")
-    scan = load_artifact(scan_path, "scan")
-    scan_settings = scan.settings
-    settings = {
-        "clusters": config.clusters,
-        "contexts": config.contexts,
-        "seed": config.seed,
-        "niter": config.niter,
-        "scan": file_digest(scan_path),
-        "task": scan_settings["task"],
-        "model": scan_settings["model"],
-        "data": scan_settings["data"],
-        "shots": scan_settings["shots"],
-    }
-    path = artifact_path(config.workspace, "bank")
-    bank = reuse_artifact(path, "bank", settings, config.force, quiet=config.quiet,
-                          why="same settings and scan; --force rebuilds")
+    workspace = Workspace(config.workspace, config.force, config.quiet)
+    start = workspace.begin("bank", config.settings(), upstream="scan")
+    scan, settings, bank = start.upstream, start.settings, start.done
     if bank is not None:
         return BankResult(bank["bank"], bank["counts"], True, bank.meta["extra"].get("stats", {}))
 
     locations = scan["locations"]
+    activations = _kept_activations(workspace, locations)[: config.contexts]
+    missing = config.contexts - len(activations)
     meter = Meter()
-    activations = _kept_activations(config, locations)
-    adapter = None
-    shard_stats = None
-    if len(activations) < config.contexts:
-        model_options = ModelOptions(**scan_settings["model"])
-        adapter = get_adapter(model_options)
-        task_data = load_task_data(DataOptions(**scan_settings["data"]))
-        missing = config.contexts - len(activations)
-        rng = random.Random(config.seed + 1)
-        queries = [rng.choice(task_data.support) for _ in range(missing)]
-        prompts = many_shot_prompts(task_data.task, queries, task_data.support, scan_settings["shots"], rng)
-        if dist.active():
-            more, shard_stats = _bank_contexts_sharded(config, adapter, prompts, locations, settings)
-        else:
-            with progress(config.quiet) as bar:
-                job = bar.add_task("bank contexts", total=missing)
-                more = capture_prompts(
-                    adapter, prompts, meter, config.batch_size, locations, on_batch=lambda n: bar.advance(job, n)
-                )
-        if not dist.is_main():  # rank 0 clusters and writes the bank
-            return dist.broadcast_object(None)
-        activations = torch.cat([activations, more]) if len(activations) else more
+    stats: dict[str, Any] | None = None
+    if missing > 0:
+        more, stats = _more_contexts(workspace, config, scan.settings, locations, missing, settings)
+        if more is not None:
+            activations = torch.cat([activations, more]) if len(activations) else more
         say(f"bank: reused {config.contexts - missing} scan contexts, ran {missing} more", config.quiet)
     else:
         say(f"bank: reusing {config.contexts} many-shot contexts from the scan", config.quiet)
-    if not dist.is_main():
+    if not dist.is_main():  # rank 0 clusters and writes the bank
         return dist.broadcast_object(None)
-    activations = activations[: config.contexts]
     bank, counts = cluster_locations(activations, config.clusters, config.seed, config.niter)
-    stats = shard_stats or meter.summary()
     baseline = scan["zero_mean"][locations[:, 0], locations[:, 1]]  # [K, D]
-    save_artifact(
-        path,
-        "bank",
-        {"bank": bank, "counts": counts, "locations": locations, "baseline": baseline},
-        model=scan.meta["model"],
-        fingerprint=scan.fingerprint,
-        settings=settings,
-        data=scan.meta.get("data"),
-        seed=config.seed,
-        extra={"stats": stats},
-    )
-    say(f"bank: {len(locations)} locations x {config.clusters} clusters from {len(activations)} contexts -> {path}",
-        config.quiet)
+    stats = stats or meter.summary()
+    workspace.save("bank", {"bank": bank, "counts": counts, "locations": locations, "baseline": baseline},
+                   settings=settings, provenance=Provenance.of(scan), seed=config.seed, extra={"stats": stats})
+    say(f"bank: {len(locations)} locations x {config.clusters} clusters from {len(activations)} contexts -> "
+        f"{workspace.path('bank')}", config.quiet)
     return dist.broadcast_object(BankResult(bank, counts, False, stats))  # rank 0's result on every rank
 
 
-def _bank_contexts_sharded(config: BankConfig, adapter, prompts, locations, settings):
-    """Each rank captures its share of the extra contexts into ``W/shards/bank-<r>-of-<w>``.
+def _more_contexts(workspace: Workspace, config: BankConfig, scan_settings: dict[str, Any], locations: torch.Tensor,
+                   missing: int, settings: dict[str, Any]) -> tuple[torch.Tensor | None, dict[str, Any]]:
+    """Many-shot activations [missing, K, D] of new contexts at ``locations`` (None on
+    ranks other than 0 under torchrun, where each rank captures its share)."""
+    adapter = get_adapter(ModelOptions(**scan_settings["model"]))
+    task_data = load_task_data(DataOptions(**scan_settings["data"]))
+    rng = random.Random(config.seed + 1)
+    queries = [rng.choice(task_data.support) for _ in range(missing)]
+    prompts = many_shot_prompts(task_data.task, queries, task_data.support, scan_settings["shots"], rng)
 
-    Returns (activations [n, K, D] in prompt order, merged stats) on rank 0, (None, None)
-    elsewhere. A shard with the same settings from an earlier (crashed) run is reused.
-    """
-    n = len(prompts)
-    shard = dist.my_shard("bank", config.workspace, settings, n, config.force)
-    start, stop = shard.start, shard.stop
-    if shard.done is not None:
-        say_rank(f"bank: reusing the finished shard {shard.path} (contexts {start}:{stop})", config.quiet)
-    else:
+    def share(start: int, stop: int):
         meter = Meter()
-        if stop > start:
-            with progress(config.quiet) as bar:
-                job = bar.add_task(f"bank contexts (rank {dist.rank()})", total=stop - start)
-                part = capture_prompts(adapter, prompts[start:stop], meter, config.batch_size, locations,
-                                       on_batch=lambda n: bar.advance(job, n))
-        else:
-            part = torch.zeros(0, len(locations), adapter.head_dim)
-        dist.save_shard(shard.path, {"activations": part}, shard.settings, {"stats": meter.summary()})
-    dist.crash_for_test("bank")
-    reused = dist.all_gather_object(shard.done is not None)  # also the barrier: every shard is on disk
-    if not dist.is_main():
-        return None, None
-    shards = dist.read_shards(config.workspace, "bank", settings, n)
-    stats = dist.merge_stats([s.meta["extra"]["stats"] for s in shards])
-    stats["reused_shards"] = [r for r, flag in enumerate(reused) if flag]
-    dist.clear_shards(config.workspace, "bank")
-    return torch.cat([s["activations"] for s in shards]), stats
+        label = "bank contexts" if dist.world_size() == 1 else f"bank contexts (rank {dist.rank()})"
+        if stop == start:
+            return {"activations": torch.zeros(0, len(locations), adapter.head_dim)}, meter.summary()
+        with progress(config.quiet) as bar:
+            job = bar.add_task(label, total=stop - start)
+            part = capture_prompts(adapter, prompts[start:stop], meter, config.batch_size, locations,
+                                   on_batch=lambda n: bar.advance(job, n))
+        return {"activations": part}, meter.summary()
+
+    shares = workspace.sharded("bank", settings, missing, share, unit="contexts")
+    if shares is None:
+        return None, {}
+    return shares.cat("activations"), shares.stats
 
 
-def _kept_activations(config: BankConfig, locations: torch.Tensor) -> torch.Tensor:
+def _kept_activations(workspace: Workspace, locations: torch.Tensor) -> torch.Tensor:
     """The scan's many-shot activations at ``locations`` ([T, K, D]), or an empty tensor."""
-    path = artifact_path(config.workspace, "activations")
-    if not path.exists():
+    if not workspace.exists("activations"):
         return torch.empty(0)
-    kept = load_artifact(path, "activations")
+    kept = workspace.load("activations")
     if not torch.equal(kept["locations"], locations):
         return torch.empty(0)
     return kept["activations"]

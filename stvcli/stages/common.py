@@ -1,49 +1,21 @@
-"""Plumbing shared by the stages: workspace paths, meters, progress, batching."""
+"""What every stage computes with: the loaded model, batching and the work meter."""
 
 from __future__ import annotations
 
-import hashlib
 import resource
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from stvcli.distributed import broadcast_object, is_main, rank, world_size
 from stvcli.scoring import default_batch_size
 
 T = TypeVar("T")
 R = TypeVar("R")
-
-console = Console(stderr=True)
-
-ARTIFACT_FILES = {
-    "scan": "scan.safetensors",
-    "activations": "activations.safetensors",
-    "bank": "bank.safetensors",
-    "vectors": "vectors.safetensors",
-    "search-state": "search-state.safetensors",
-    "mtv": "mtv.safetensors",
-}
-
-
-def artifact_path(workspace: Path, kind: str) -> Path:
-    return Path(workspace) / ARTIFACT_FILES[kind]
-
-
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
 
 
 @dataclass
@@ -78,33 +50,6 @@ def peak_memory_mb() -> float:
         return torch.cuda.max_memory_allocated() / 2**20
     usage = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return usage / 1024 if sys.platform != "darwin" else usage / 2**20
-
-
-def progress(quiet: bool) -> Progress:
-    """A rich progress display; silent when quiet or when stderr is not a terminal."""
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        disable=quiet or not console.is_terminal or not is_main(),  # rank 0 only under torchrun
-        transient=False,
-    )
-
-
-def say(message: str, quiet: bool = False) -> None:
-    """A status line (from rank 0 only when launched with torchrun)."""
-    if not quiet and is_main():
-        console.print(message, highlight=False)
-
-
-def say_rank(message: str, quiet: bool = False) -> None:
-    """A status line from every rank, prefixed with the rank when there are several."""
-    if not quiet:
-        prefix = f"[rank {rank()}/{world_size()}] " if world_size() > 1 else ""
-        console.print(prefix + message, highlight=False, markup=False)
 
 
 def run_batched(
@@ -149,54 +94,3 @@ def get_adapter(options: Any) -> Any:
     if key not in _ADAPTERS:
         _ADAPTERS[key] = load_model(options)
     return _ADAPTERS[key]
-
-
-def reusable(path: Path, kind: str, settings: dict[str, Any], force: bool) -> bool:
-    """Whether an existing artifact was made with exactly these settings (and inputs)."""
-    from stvcli.artifacts import load_artifact
-    from stvcli.errors import ArtifactError
-
-    if force or not path.exists():
-        return False
-    try:
-        existing = load_artifact(path, kind)
-    except ArtifactError:
-        return False
-    return _normalise(existing.settings) == _normalise(settings)
-
-
-def reuse_artifact(path: Path, kind: str, settings: dict[str, Any], force: bool, *, quiet: bool, why: str = "",
-                   **load_options: Any) -> Any | None:
-    """The artifact at ``path`` when it was made with exactly ``settings``, else None.
-
-    Rank 0 decides and every rank loads (under torchrun all ranks agree); says so on
-    reuse, with ``why`` (e.g. "same settings and scan; --force rebuilds").
-    """
-    from stvcli.artifacts import load_artifact
-
-    if not broadcast_object(reusable(path, kind, settings, force)):
-        return None
-    stage = {"vectors": "search"}.get(kind, kind)
-    say(f"{stage}: reusing {path}" + (f" ({why})" if why else ""), quiet)
-    return load_artifact(path, kind, **load_options)
-
-
-def _normalise(value: Any) -> Any:
-    import json
-
-    return json.loads(json.dumps(value, sort_keys=True, default=str))
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write a text file via a temp file and rename, so readers never see half of it."""
-    import os
-    import tempfile
-
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as stream:
-            stream.write(text)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise

@@ -3,24 +3,36 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from stvcli.config import ModelOptions
 from stvcli.data.options import DataOptions
+from stvcli.engine import InsertMode
 
-InsertMode = Literal["replace", "add"]
 Sensitivity = Literal["l2", "relative"]
 
 
-class StageOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+class Settings(BaseModel):
+    """A config whose fields, less those that only steer the run (``run_only``), are
+    what a stage's result depends on: ``settings()`` is recorded in its artifact."""
 
-    workspace: Path
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    run_only: ClassVar[frozenset[str]] = frozenset({"workspace", "force", "batch_size", "quiet"})
+
+    def settings(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude=set(self.run_only))
+
+
+class RunOptions(Settings):
     force: bool = False
     batch_size: int | None = None  # None: auto (largest that fits, halved on out-of-memory)
     quiet: bool = False
+
+
+class StageOptions(RunOptions):
+    workspace: Path
 
 
 class ScanConfig(StageOptions):
@@ -57,6 +69,8 @@ class BankConfig(StageOptions):
 
 
 class SearchConfig(StageOptions):
+    run_only = StageOptions.run_only | {"checkpoint_every"}
+
     iterations: int = 300
     samples: int = 32
     lr: float = 0.1
@@ -78,8 +92,8 @@ class SearchConfig(StageOptions):
         return self
 
 
-class MTVConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class MTVConfig(Settings):
+    run_only = frozenset({"checkpoint_every"})
 
     iterations: int = 600
     samples: int = 32
@@ -88,11 +102,12 @@ class MTVConfig(BaseModel):
     best_of: int = 10
     holdout: int = 50
     insert: InsertMode = "replace"
+    checkpoint_every: int = 25
     seed: int = 0
 
 
-class EvalConfig(StageOptions):
-    workspace: Path | None = None  # type: ignore[assignment]
+class EvalConfig(RunOptions):
+    workspace: Path | None = None
     vectors: Path | None = None
     methods: list[str] = ["zero-shot", "icl:4", "mtv", "stv"]
     limit: int | None = None

@@ -1,25 +1,213 @@
-"""REINFORCE pieces shared by STV's search and MTV's location search."""
+"""The REINFORCE policy search shared by STV (which bank cluster at each location) and
+MTV (which heads), docs/method.md §4 and §6.
+
+A policy holds leaf logits and turns them into draws: ``CategoricalPolicy`` (STV,
+logits [K, M], draws [S, K] cluster indices) or ``BernoulliPolicy`` (MTV, logits
+[L, H], draws [S, L*H] 0/1 masks). ``reinforce`` runs the loop both use: per
+iteration a seeded draw of S candidates and of the training queries, every candidate's
+reward averaged over the queries (each rank scores its slice under torchrun), the
+normalised advantage, a float64 policy-gradient loss and an Adam step; it checkpoints
+its state into the workspace and resumes from it. ``best_draw`` picks among final
+candidates on held-out support queries.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Literal
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
 
 import torch
 
+from stvcli import distributed as dist
+from stvcli.console import progress, say
 from stvcli.data.types import Item, Task
 from stvcli.engine import Intervention
+from stvcli.errors import StvError
 from stvcli.models.base import ModelAdapter
 from stvcli.prefix import can_share_prefix
 from stvcli.scoring import answer_scores, shared_answer_scores
 from stvcli.stages.common import Meter, run_batched
+from stvcli.workspace import Provenance, Workspace
 
 Reward = Literal["first-token", "answer"]
+P_MIN, P_MAX = 1e-3, 1 - 1e-3  # MTV's clamp of the Bernoulli probabilities
 
 
 def advantages(rewards: torch.Tensor) -> torch.Tensor:
     """(r - mean(r)) / (std(r) + 1e-3) over the samples. rewards: [S] -> [S]."""
     return (rewards - rewards.mean()) / (rewards.std(unbiased=False) + 1e-3)
+
+
+class Policy(Protocol):
+    logits: torch.Tensor  # the leaf the optimizer updates
+
+    def sample(self, n: int, generator: torch.Generator) -> torch.Tensor: ...
+
+    def log_prob(self, draws: torch.Tensor) -> torch.Tensor: ...
+
+
+class CategoricalPolicy:
+    """One categorical per location over its M clusters: logits [K, M] (-inf = never)."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        self.logits = logits.detach().clone().requires_grad_(True)
+
+    def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """n draws of one cluster per location: [n, K] int64."""
+        probs = torch.softmax(self.logits.detach(), dim=-1)
+        return torch.multinomial(probs, n, replacement=True, generator=generator).T
+
+    def log_prob(self, draws: torch.Tensor) -> torch.Tensor:
+        """log pi(draw) for draws [S, K]: [S] float64."""
+        log_probs = torch.log_softmax(self.logits.double(), dim=-1)  # [K, M]
+        return log_probs.gather(1, draws.T).T.sum(1)
+
+    def greedy(self) -> torch.Tensor:
+        """The most probable cluster at every location: [K]."""
+        return self.logits.detach().argmax(-1)
+
+
+class BernoulliPolicy:
+    """One Bernoulli per head (insert there or not): logits [L, H], p clamped to
+    [P_MIN, P_MAX]; draws are masks [S, L*H] over the heads in flat order."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        self.logits = logits.detach().clone().requires_grad_(True)
+
+    def _p(self, dtype: torch.dtype) -> torch.Tensor:
+        return torch.sigmoid(self.logits.to(dtype).flatten()).clamp(P_MIN, P_MAX)
+
+    def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """n draws of the head set: [n, L*H] float (1 = insert at that head)."""
+        return torch.bernoulli(self._p(torch.float32).detach().expand(n, -1), generator=generator)
+
+    def log_prob(self, draws: torch.Tensor) -> torch.Tensor:
+        p = self._p(torch.float64)
+        masks = draws.double()
+        return (masks * p.log() + (1 - masks) * (1 - p).log()).sum(1)
+
+
+def policy_step(policy: Policy, optimizer: torch.optim.Optimizer, draws: torch.Tensor,
+                rewards: torch.Tensor) -> None:
+    """One REINFORCE update: loss = -sum_s advantage_s * log pi(draw_s).
+
+    In float64: the gradient of a choice no sample made is -p * sum(advantages), zero
+    in exact arithmetic; in float32 it is rounding noise (~1e-9), which Adam's
+    normalised first steps would turn into random moves of +-lr.
+    """
+    loss = -(advantages(rewards.double()) * policy.log_prob(draws)).sum()
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+
+
+Score = Callable[[torch.Tensor, Sequence[Item]], torch.Tensor]  # (draws [S, ...], queries) -> rewards [S]
+
+
+@dataclass
+class Checkpoint:
+    """Where and how often the loop saves its state (``search-state`` or ``mtv-state``)."""
+
+    workspace: Workspace
+    kind: str
+    settings: dict
+    provenance: Provenance
+    every: int = 25
+
+
+def reinforce(policy: Policy, score: Score, train: Sequence[Item], *, iterations: int, samples: int,
+              queries_per_iteration: int, lr: float, seed: int, checkpoint: Checkpoint, label: str,
+              quiet: bool = False) -> list[float]:
+    """Train ``policy`` in place; returns the mean reward of every iteration.
+
+    Iteration i draws its candidates and queries from generators seeded with
+    ``seed * 1_000_003 + i``, so a resumed run takes exactly the steps an uninterrupted
+    one does. Under torchrun every rank holds the same policy and draws, scores its
+    slice of the candidates, and takes the same step; rank 0 writes checkpoints.
+    """
+    optimizer = torch.optim.Adam([policy.logits], lr=lr)
+    rewards_log: list[float] = []
+    start = _resume(policy, optimizer, rewards_log, checkpoint, label, quiet)
+    if len(set(dist.all_gather_object(start))) > 1:
+        raise StvError("the ranks resumed the search from different checkpoints; is the workspace on a file system "
+                       "every rank sees?")
+    with progress(quiet) as bar:
+        job = bar.add_task(label, total=iterations, completed=start)
+        for iteration in range(start, iterations):
+            iteration_seed = seed * 1_000_003 + iteration
+            draws = policy.sample(samples, torch.Generator().manual_seed(iteration_seed))
+            queries = random.Random(iteration_seed).sample(list(train), queries_per_iteration)
+            rewards = dist.gather_shares(samples, lambda a, b: score(draws[a:b], queries))  # this rank's slice
+            policy_step(policy, optimizer, draws, rewards)
+            rewards_log.append(float(rewards.mean()))
+            bar.advance(job)
+            done = iteration + 1
+            if done % checkpoint.every == 0 and done < iterations and dist.is_main():
+                _save_state(policy, optimizer, rewards_log, done, checkpoint)
+    return rewards_log
+
+
+def best_draw(draws: torch.Tensor, queries: Sequence[Item], score: Score) -> int:
+    """Index of the draw with the highest mean reward on ``queries`` (ranks share the work)."""
+    rewards = dist.gather_shares(len(draws), lambda a, b: score(draws[a:b], queries))
+    return int(rewards.argmax())
+
+
+def split_support(pool: Sequence[Item], seed: int, holdout: int) -> tuple[list[Item], list[Item]]:
+    """The support pool shuffled by ``seed``: (the first ``holdout`` items, the rest)."""
+    shuffled = list(pool)
+    random.Random(seed).shuffle(shuffled)
+    return shuffled[:holdout], shuffled[holdout:]
+
+
+def _save_state(policy: Policy, optimizer: torch.optim.Optimizer, rewards_log: list[float], iteration: int,
+                checkpoint: Checkpoint) -> None:
+    state = optimizer.state[policy.logits]
+    checkpoint.workspace.save(
+        checkpoint.kind,
+        {"logits": policy.logits.detach(), "exp_avg": state["exp_avg"], "exp_avg_sq": state["exp_avg_sq"]},
+        settings=checkpoint.settings,
+        provenance=checkpoint.provenance,
+        extra={"iteration": iteration, "adam_step": float(state["step"]), "rewards": rewards_log},
+    )
+
+
+def _resume(policy: Policy, optimizer: torch.optim.Optimizer, rewards_log: list[float], checkpoint: Checkpoint,
+            label: str, quiet: bool) -> int:
+    """Load a matching checkpoint into the policy and optimizer; the iteration to start at."""
+    state = checkpoint.workspace.load_state(checkpoint.kind, checkpoint.settings)
+    if state is None or state["logits"].shape != policy.logits.shape:
+        return 0
+    extra = state.meta["extra"]
+    with torch.no_grad():
+        policy.logits.copy_(state["logits"])
+    optimizer.state[policy.logits] = {
+        "step": torch.tensor(extra["adam_step"]),
+        "exp_avg": state["exp_avg"].clone(),
+        "exp_avg_sq": state["exp_avg_sq"].clone(),
+    }
+    rewards_log.extend(extra["rewards"])
+    say(f"{label}: resuming from iteration {extra['iteration']} ({state.path})", quiet)
+    return int(extra["iteration"])
+
+
+@dataclass
+class CandidateScorer:
+    """Rewards of candidate draws: each draw becomes an intervention (``build``), and its
+    reward is averaged over the queries (``candidate_rewards``)."""
+
+    adapter: ModelAdapter
+    task: Task
+    build: Callable[[torch.Tensor], Intervention]
+    reward: Reward
+    meter: Meter
+    batch_size: int | None
+
+    def __call__(self, draws: torch.Tensor, queries: Sequence[Item]) -> torch.Tensor:
+        return candidate_rewards(self.adapter, self.task, queries, self.build(draws), len(draws), self.reward,
+                                 self.meter, self.batch_size)
 
 
 def candidate_rewards(

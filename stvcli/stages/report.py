@@ -11,9 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from stvcli.artifacts import load_artifact  # noqa: E402
-from stvcli.errors import StvError  # noqa: E402
-from stvcli.stages.common import artifact_path  # noqa: E402
+from stvcli.workspace import Workspace  # noqa: E402
 
 
 def sensitivity_heatmap(
@@ -73,19 +71,16 @@ def write_report(workspace: Path, output: Path) -> list[Path]:
     """Every picture the workspace has the artifacts for."""
     output.mkdir(parents=True, exist_ok=True)
     written = []
-    scan_path = artifact_path(workspace, "scan")
-    if not scan_path.exists():
-        raise StvError(f"{scan_path} does not exist; run `stv scan` first")
-    scan = load_artifact(scan_path, "scan")
+    space = Workspace(workspace)
+    scan = space.load("scan")
     model_name = Path(str(scan.meta.get("model"))).name
     written.append(sensitivity_heatmap(scan["scores"], scan["locations"], output / "sensitivity.png",
                                        f"{model_name} / {scan.settings.get('task')}",
                                        scan.settings.get("sensitivity", "l2")))
     curves = {}
     for name, kind in (("stv", "vectors"), ("mtv", "mtv")):
-        path = artifact_path(workspace, kind)
-        if path.exists():
-            curves[name] = load_artifact(path, kind).meta["extra"].get("rewards", [])
+        if space.exists(kind):
+            curves[name] = space.load(kind).meta["extra"].get("rewards", [])
     if any(curves.values()):
         written.append(reward_curve({k: v for k, v in curves.items() if v}, output / "search_rewards.png"))
     results_path = workspace / "results.json"

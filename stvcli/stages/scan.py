@@ -17,24 +17,16 @@ from typing import Any
 import torch
 
 from stvcli import distributed as dist
-from stvcli.artifacts import save_artifact
+from stvcli.console import progress, say
 from stvcli.data.loading import load_task_data
 from stvcli.data.types import Item, Task, TaskData
 from stvcli.engine import capturing
 from stvcli.errors import StvError
 from stvcli.models.base import ModelAdapter
-from stvcli.stages.common import (
-    Meter,
-    artifact_path,
-    default_batch_size,
-    get_adapter,
-    progress,
-    reuse_artifact,
-    run_batched,
-    say,
-    say_rank,
-)
+from stvcli.scoring import default_batch_size
+from stvcli.stages.common import Meter, get_adapter, run_batched
 from stvcli.stages.config import ScanConfig
+from stvcli.workspace import Provenance, Shares, Workspace
 
 # The paper's K = 300 on 32 x 32-head models, as a fraction of all heads.
 DEFAULT_TOP_FRAC = 300 / 1024
@@ -156,6 +148,10 @@ class ScanPass:
     many_sum: torch.Tensor  # [L, H, D] sum of the many-shot activations
     kept: torch.Tensor  # [min(N, keep), L, H, D] many-shot rows of the first ``keep`` queries
 
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"query_scores": self.query_scores, "zero_sum": self.zero_sum, "many_sum": self.many_sum,
+                "kept": self.kept}
+
 
 def scan_pass(
     adapter: ModelAdapter, zero_prompts, many_prompts, meter: Meter, batch_size, keep: int,
@@ -191,27 +187,24 @@ def scan_pass(
 
 
 def scan_settings(config: ScanConfig, shots: int, k: int) -> dict[str, Any]:
-    return {
-        "model": config.model.model_dump(),
-        "data": config.data.model_dump(),
-        "task": config.data.task,
-        "shots": shots,
-        "queries": config.queries,
-        "top_k": k,
-        "sensitivity": config.sensitivity,
-        "seed": config.seed,
-        "keep_contexts": config.keep_contexts,
-        # only when it changes the draws, so artifacts of the default stay reusable
-        **({"group_size": config.group_size} if config.group_size != 1 else {}),
-    }
+    """The scan's settings with the shots and K it resolved; ``group_size`` only when it
+    changes the draws, so artifacts of the default stay reusable."""
+    settings = {**config.settings(), "task": config.data.task, "shots": shots, "top_k": k}
+    settings.pop("top_frac")
+    if config.group_size == 1:
+        settings.pop("group_size")
+    return settings
 
 
 def run_scan(config: ScanConfig, task_data: TaskData | None = None) -> ScanResult:
-    """Run (or reuse) the sensitivity scan and write ``scan`` and ``activations`` artifacts.
+    """Run (or reuse) the sensitivity scan and write the ``scan`` and ``activations`` artifacts.
 
-    Under torchrun every rank scans its share of the queries (see ``_scan_sharded``).
+    Under torchrun each rank scans its contiguous share of the queries (the same
+    streamed pass, prefix sharing included) and rank 0 merges the shares in query order
+    into exactly the artifacts one process writes (means up to float summation order).
     """
     dist.init()
+    workspace = Workspace(config.workspace, config.force, config.quiet)
     task_data = task_data or load_task_data(config.data)
     task = task_data.task
     shots = config.shots if config.shots is not None else task.default_shots
@@ -223,9 +216,7 @@ def run_scan(config: ScanConfig, task_data: TaskData | None = None) -> ScanResul
     adapter = get_adapter(config.model)
     k = resolve_top_k(config, adapter.n_layers, adapter.n_heads)
     settings = scan_settings(config, shots, k)
-    path = artifact_path(config.workspace, "scan")
-    scan = reuse_artifact(path, "scan", settings, config.force, quiet=config.quiet,
-                          why="same settings; --force reruns", fingerprint=adapter.fingerprint())
+    scan = workspace.reuse("scan", settings, why="same settings; --force reruns", fingerprint=adapter.fingerprint())
     if scan is not None:
         return ScanResult(scan["scores"], scan["locations"], True, scan.meta["extra"].get("stats", {}))
 
@@ -236,110 +227,51 @@ def run_scan(config: ScanConfig, task_data: TaskData | None = None) -> ScanResul
     queries = rng.sample(support, n_queries)
     zero_prompts = [task.build_prompt(q) for q in queries]
     many_prompts = many_shot_prompts(task, queries, support, shots, rng, config.group_size)
-    if dist.active():
-        return _scan_sharded(config, adapter, task_data, queries, zero_prompts, many_prompts, settings, k)
 
-    meter = Meter()
-    with progress(config.quiet) as bar:
-        job = bar.add_task("scan", total=2 * n_queries)
-        advance = lambda n: bar.advance(job, n)  # noqa: E731
-        swept = scan_pass(adapter, zero_prompts, many_prompts, meter, config.batch_size, config.keep_contexts,
-                          config.sensitivity, config.group_size, on_batch=advance)
-    per_query = swept.query_scores  # [N, L, H]
+    def share(start: int, stop: int):
+        meter = Meter()
+        label = "scan" if dist.world_size() == 1 else f"scan (rank {dist.rank()})"
+        with progress(config.quiet) as bar:
+            job = bar.add_task(label, total=2 * (stop - start))
+            swept = scan_pass(adapter, zero_prompts[start:stop], many_prompts[start:stop], meter, config.batch_size,
+                              max(0, min(stop, config.keep_contexts) - start), config.sensitivity, config.group_size,
+                              on_batch=lambda n: bar.advance(job, n), first_index=start)
+        return swept.tensors(), meter.summary()
+
+    shares = workspace.sharded("scan", settings, n_queries, share, unit="queries")
+    result = None
+    if shares is not None:  # rank 0 (or the only process) merges and writes
+        result = _write_scan(workspace, config, adapter, task_data, settings, queries, k, shares)
+    return dist.broadcast_object(result)  # after rank 0 wrote the artifacts
+
+
+def _write_scan(workspace: Workspace, config: ScanConfig, adapter: ModelAdapter, task_data: TaskData,
+                settings: dict[str, Any], queries: list[Item], k: int, shares: Shares) -> ScanResult:
+    """Merge the shares (query order) into the ``scan`` and ``activations`` artifacts."""
+    n = len(queries)
+    per_query = shares.cat("query_scores")  # [N, L, H]
     scores = per_query.mean(0)
     locations = top_locations(scores, k)
-    stats = meter.summary()
-    kept = swept.kept[:, locations[:, 0], locations[:, 1]]  # [T, K, D]
-    _write_scan(config, adapter, task_data, settings, queries, scores, locations, swept.zero_sum / n_queries,
-                swept.many_sum / n_queries, per_query, kept, stats)
-    say(f"scan: {n_queries} queries x 2 forwards, top {k} of {scores.numel()} heads -> {path}", config.quiet)
-    return ScanResult(scores, locations, False, stats)
-
-
-def _write_scan(config, adapter, task_data, settings, queries, scores, locations, zero_mean, many_mean, per_query,
-                kept, stats) -> None:
-    """The ``activations`` and ``scan`` artifacts (kept: many-shot activations [T, K, D] at the locations)."""
-    common = dict(
-        model=config.model.model,
-        fingerprint=adapter.fingerprint(),
-        data=task_data.source,
-        seed=config.seed,
-    )
-    save_artifact(
-        artifact_path(config.workspace, "activations"),
-        "activations",
-        {"activations": kept, "locations": locations},
-        settings=settings,
-        extra={"query_uids": [q.uid for q in queries[: config.keep_contexts]]},
-        **common,
-    )
-    save_artifact(
-        artifact_path(config.workspace, "scan"),
+    kept = shares.cat("kept")[:, locations[:, 0], locations[:, 1]]  # [T, K, D]
+    provenance = Provenance(config.model.model, adapter.fingerprint(), task_data.source)
+    workspace.save("activations", {"activations": kept, "locations": locations}, settings=settings,
+                   provenance=provenance, seed=config.seed,
+                   extra={"query_uids": [q.uid for q in queries[: config.keep_contexts]]})
+    workspace.save(
         "scan",
         {
             "scores": scores,
             "locations": locations,
-            "zero_mean": zero_mean,  # [L, H, D]
-            "many_mean": many_mean,  # [L, H, D]
+            "zero_mean": shares.sum("zero_sum") / n,  # [L, H, D]
+            "many_mean": shares.sum("many_sum") / n,  # [L, H, D]
             "query_scores": per_query,
         },
         settings=settings,
-        extra={"stats": stats, "n_queries": len(queries), "query_uids": [q.uid for q in queries]},
-        **common,
+        provenance=provenance,
+        seed=config.seed,
+        extra={"stats": shares.stats, "n_queries": n, "query_uids": [q.uid for q in queries]},
     )
-
-
-def _scan_sharded(config, adapter, task_data, queries, zero_prompts, many_prompts, settings, k) -> ScanResult:
-    """One rank's contiguous share of the queries under torchrun; rank 0 merges.
-
-    Each rank writes ``W/shards/scan-<rank>-of-<world>.safetensors`` (per-query scores,
-    the sums of its zero- and many-shot activations, its many-shot rows among the first
-    ``keep_contexts`` queries); a rerun reuses a shard made with the same settings, so
-    after a crash only the unfinished shares are recomputed. Rank 0 merges in query
-    order into exactly the artifacts a single process writes (means up to float
-    summation order), then removes the shards.
-    """
-    n = len(queries)
-    shard = dist.my_shard("scan", config.workspace, settings, n, config.force)
-    start, stop = shard.start, shard.stop
-    if shard.done is not None:
-        say_rank(f"scan: reusing the finished shard {shard.path} (queries {start}:{stop})", config.quiet)
-    else:
-        meter = Meter()
-        shape = (adapter.n_layers, adapter.n_heads, adapter.head_dim)
-        if stop > start:
-            with progress(config.quiet) as bar:
-                job = bar.add_task(f"scan (rank {dist.rank()})", total=2 * (stop - start))
-                advance = lambda n: bar.advance(job, n)  # noqa: E731
-                zero = capture_prompts(adapter, zero_prompts[start:stop], meter, config.batch_size, on_batch=advance)
-                many = capture_prompts(adapter, many_prompts[start:stop], meter, config.batch_size, on_batch=advance)
-        else:
-            zero = many = torch.zeros(0, *shape)
-        tensors = {
-            "query_scores": sensitivity_scores(zero, many, config.sensitivity),  # [n_r, L, H]
-            "zero_sum": zero.sum(0) if len(zero) else torch.zeros(shape),
-            "many_sum": many.sum(0) if len(many) else torch.zeros(shape),
-            "kept": many[: max(0, min(stop, config.keep_contexts) - start)].contiguous(),  # [t_r, L, H, D]
-        }
-        dist.save_shard(shard.path, tensors, shard.settings, {"stats": meter.summary()})
-        say_rank(f"scan: wrote {shard.path} (queries {start}:{stop})", config.quiet)
-    dist.crash_for_test("scan")
-    reused = dist.all_gather_object(shard.done is not None)  # also the barrier: every shard is on disk
-    result = None
-    if dist.is_main():
-        shards = dist.read_shards(config.workspace, "scan", settings, n)
-        per_query = torch.cat([s["query_scores"] for s in shards])  # [N, L, H], query order
-        scores = per_query.mean(0)
-        locations = top_locations(scores, k)
-        zero_mean = torch.stack([s["zero_sum"] for s in shards]).sum(0) / n
-        many_mean = torch.stack([s["many_sum"] for s in shards]).sum(0) / n
-        kept = torch.cat([s["kept"] for s in shards])[:, locations[:, 0], locations[:, 1]]  # [T, K, D]
-        stats = dist.merge_stats([s.meta["extra"]["stats"] for s in shards])
-        stats["reused_shards"] = [r for r, flag in enumerate(reused) if flag]
-        _write_scan(config, adapter, task_data, settings, queries, scores, locations, zero_mean, many_mean,
-                    per_query, kept, stats)
-        dist.clear_shards(config.workspace, "scan")
-        say(f"scan: {n} queries x 2 forwards on {dist.world_size()} ranks, top {k} of {scores.numel()} heads -> "
-            f"{artifact_path(config.workspace, 'scan')}", config.quiet)
-        result = ScanResult(scores, locations, False, stats)
-    return dist.broadcast_object(result)  # after rank 0 wrote the artifacts
+    ranks = f" on {dist.world_size()} ranks" if dist.world_size() > 1 else ""
+    say(f"scan: {n} queries x 2 forwards{ranks}, top {k} of {scores.numel()} heads -> {workspace.path('scan')}",
+        config.quiet)
+    return ScanResult(scores, locations, False, shares.stats)

@@ -11,6 +11,7 @@ from stvcli.data.loading import check_support_size, load_task_data, split_items
 from stvcli.data.options import DataOptions
 from stvcli.data.types import Item
 from stvcli.errors import DataError
+from stvcli.registry import Registry, load_plugins
 
 
 def load(**kwargs):
@@ -248,7 +249,8 @@ def test_episodes_from_one_unsplit_source(data_root):
 
 @pytest.fixture
 def plugin_registry(monkeypatch):
-    monkeypatch.setattr(sources, "_PLUGINS", {})
+    load_plugins()  # before the swap, so plugins register with the real registry
+    monkeypatch.setattr(sources, "SOURCES", Registry("data source", error=DataError))
     return sources
 
 

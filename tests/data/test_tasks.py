@@ -180,7 +180,7 @@ def test_registry():
 def test_register_a_new_task(monkeypatch):
     from stvcli.data import tasks
 
-    monkeypatch.setattr(tasks, "_TASKS", dict(tasks._TASKS))
+    monkeypatch.setattr(tasks.TASKS, "_entries", dict(tasks.TASKS.items()))
     task = register_task(VQATask(name="shapes-colour", template="{image} Answer: {answer}", default_shots=8))
     assert get_task("shapes-colour") is task
     assert any(entry["name"] == "shapes-colour" for entry in list_tasks())

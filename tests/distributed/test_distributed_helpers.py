@@ -45,33 +45,6 @@ def test_stats_of_several_ranks_sum_work_and_take_the_longest_wall_time():
     assert merged == {"forwards": 7, "seconds": 3.0, "model_seconds": 4.0, "peak_memory_mb": 100.0, "world_size": 2}
 
 
-def test_shards_round_trip_and_are_reused_only_with_the_same_settings(tmp_path):
-    settings = dist.shard_settings("scan", {"seed": 1}, 0, 4)
-    path = dist.shard_path(tmp_path, "scan")
-    assert path.name == "scan-0-of-1.safetensors"
-    dist.save_shard(path, {"x": torch.ones(2, 3)}, settings, {"stats": {"forwards": 2}})
-    assert torch.equal(dist.load_shard(path, settings)["x"], torch.ones(2, 3))
-    assert dist.load_shard(path, dist.shard_settings("scan", {"seed": 2}, 0, 4)) is None
-    assert len(dist.read_shards(tmp_path, "scan", {"seed": 1}, 4)) == 1
-    with pytest.raises(StvError, match="file system that every rank"):
-        dist.read_shards(tmp_path, "scan", {"seed": 1}, 5)
-    dist.clear_shards(tmp_path, "scan")
-    assert not (tmp_path / "shards").exists()
-
-
-def test_my_shard_finds_a_finished_shard_unless_forced_or_changed(tmp_path):
-    first = dist.my_shard("bank", tmp_path, {"seed": 1}, 6, force=False)
-    assert (first.start, first.stop, first.done) == (0, 6, None)
-    assert first.path == dist.shard_path(tmp_path, "bank")
-    assert first.settings == dist.shard_settings("bank", {"seed": 1}, 0, 6)
-    dist.save_shard(first.path, {"x": torch.arange(6.0)}, first.settings, {})
-    again = dist.my_shard("bank", tmp_path, {"seed": 1}, 6, force=False)
-    assert torch.equal(again.done["x"], torch.arange(6.0))
-    assert dist.my_shard("bank", tmp_path, {"seed": 1}, 6, force=True).done is None
-    assert dist.my_shard("bank", tmp_path, {"seed": 2}, 6, force=False).done is None
-    assert dist.my_shard("bank", tmp_path, {"seed": 1}, 7, force=False).done is None
-
-
 def test_crash_hook_is_inert_unless_asked(monkeypatch):
     monkeypatch.delenv("STV_TEST_CRASH_AFTER_SHARD", raising=False)
     dist.crash_for_test("scan")  # returns

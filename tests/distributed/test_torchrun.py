@@ -20,8 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from stvcli.artifacts import load_artifact
-from stvcli.stages.common import artifact_path
+from stvcli.workspace import Workspace
 
 pytestmark = pytest.mark.dist
 
@@ -72,7 +71,7 @@ def two_ranks(bed) -> dict:
 
 
 def _artifact(workspace: Path, kind: str):
-    return load_artifact(artifact_path(workspace, kind), kind)
+    return Workspace(workspace).load(kind)
 
 
 def test_scan_bank_search_eval_match_one_process(single, two_ranks):

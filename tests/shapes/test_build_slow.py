@@ -85,14 +85,13 @@ def test_every_label_is_one_token(built: tuple[str, Path]) -> None:
 
 
 def test_reuse_is_fast_and_adapter_does_icl(built: tuple[str, Path]) -> None:
-    import stvcli.shapes.tasks  # noqa: F401
     from stvcli.config import ModelOptions
     from stvcli.data.loading import load_task_data
     from stvcli.data.options import DataOptions
+    from stvcli.data.sampling import demonstrations_for
     from stvcli.models.loading import load_model
     from stvcli.scoring import generate
     from stvcli.shapes.build import ensure_shapes_model
-    from stvcli.stages.evaluate import demonstrations_for
 
     backbone, directory = built
     start = time.perf_counter()

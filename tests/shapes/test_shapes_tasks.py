@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-import stvcli.shapes.tasks  # noqa: F401 - registers the tasks and the source
 from stvcli.data.loading import load_task_data
 from stvcli.data.options import DataOptions
 from stvcli.data.tasks import get_task, list_tasks

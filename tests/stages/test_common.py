@@ -1,31 +1,26 @@
-"""Stage plumbing: reusing an artifact only when its settings match."""
+"""What every stage computes with: batching and the work meter."""
 
 from __future__ import annotations
 
-import torch
-
-from stvcli.artifacts import save_artifact
-from stvcli.stages.common import reuse_artifact
+from stvcli.stages.common import Meter, run_batched
 
 
-def _write(path, settings):
-    tensors = {"bank": torch.ones(2, 3, 4), "counts": torch.ones(2, 3), "locations": torch.tensor([[0, 1], [1, 0]])}
-    save_artifact(path, "bank", tensors, model="m", fingerprint={"a": 1}, settings=settings)
+def test_run_batched_keeps_order_and_reports_each_batch():
+    seen, sizes = [], []
+
+    def double(chunk):
+        seen.append(list(chunk))
+        return [2 * x for x in chunk]
+
+    assert run_batched(double, list(range(7)), 3, sizes.append) == [2 * x for x in range(7)]
+    assert seen == [[0, 1, 2], [3, 4, 5], [6]] and sizes == [3, 3, 1]
 
 
-def test_reuse_artifact_only_with_the_same_settings(tmp_path, capsys):
-    path = tmp_path / "bank.safetensors"
-    assert reuse_artifact(path, "bank", {"clusters": 4}, False, quiet=True) is None  # nothing there yet
-    _write(path, {"clusters": 4, "scan": "abc"})
-    found = reuse_artifact(path, "bank", {"scan": "abc", "clusters": 4}, False, quiet=False, why="same settings")
-    assert torch.equal(found["bank"], torch.ones(2, 3, 4))
-    assert "bank: reusing" in capsys.readouterr().err
-    assert reuse_artifact(path, "bank", {"clusters": 8, "scan": "abc"}, False, quiet=True) is None
-    assert reuse_artifact(path, "bank", {"clusters": 4, "scan": "abc"}, True, quiet=True) is None  # --force
-    assert reuse_artifact(path, "scan", {"clusters": 4, "scan": "abc"}, False, quiet=True) is None  # other kind
-
-
-def test_a_corrupt_artifact_is_not_reused(tmp_path):
-    path = tmp_path / "bank.safetensors"
-    path.write_bytes(b"not safetensors")
-    assert reuse_artifact(path, "bank", {}, False, quiet=True) is None
+def test_meter_counts_rows_and_model_time():
+    meter = Meter()
+    with meter.forward(4):
+        pass
+    with meter.forward(2):
+        pass
+    summary = meter.summary()
+    assert summary["forwards"] == 6 and summary["model_seconds"] >= 0 and summary["seconds"] >= summary["model_seconds"]

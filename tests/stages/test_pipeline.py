@@ -12,7 +12,8 @@ from stvcli.data.loading import load_task_data
 from stvcli.errors import StvError
 from stvcli.stages import evaluate as evaluate_module
 from stvcli.stages.bank import cluster_locations, run_bank
-from stvcli.stages.common import artifact_path, get_adapter
+from stvcli.stages.common import get_adapter
+from stvcli.workspace import Workspace
 from stvcli.stages.config import BankConfig, EvalConfig, MTVConfig, ScanConfig, SearchConfig
 from stvcli.stages.scan import many_shot_prompts, run_scan
 from stvcli.stages.search import run_search
@@ -57,13 +58,13 @@ def test_scan_scores_are_mean_l2_deltas(bed, workspace, scanned):
     assert torch.allclose(scanned.scores, expected, atol=1e-4, rtol=1e-4)
     flat = expected.flatten().argsort(descending=True)[:5]
     assert {tuple(x) for x in scanned.locations.tolist()} == {(int(i) // adapter.n_heads, int(i) % adapter.n_heads) for i in flat}
-    scan = load_artifact(artifact_path(workspace, "scan"), "scan", fingerprint=adapter.fingerprint())
+    scan = load_artifact(Workspace(workspace).path("scan"), "scan", fingerprint=adapter.fingerprint())
     assert torch.allclose(scan["many_mean"], many.mean(0), atol=1e-4)
 
 
 def test_bank_centroids_are_kmeans_of_captured_activations(bed, workspace, scanned):
     result = run_bank(BankConfig(workspace=workspace, clusters=4, contexts=8, quiet=True))
-    kept = load_artifact(artifact_path(workspace, "activations"), "activations")
+    kept = load_artifact(Workspace(workspace).path("activations"), "activations")
     bank, counts = cluster_locations(kept["activations"][:8], 4, seed=0)
     assert torch.allclose(result.bank, bank) and torch.equal(result.counts, counts)
     assert result.counts.sum(1).tolist() == [8] * 5
@@ -98,37 +99,64 @@ def test_reuse_and_force(bed, workspace, scanned):
     assert not run_scan(scan_config(bed, workspace, sensitivity="relative")).reused
 
 
-def test_search_resumes_after_interruption_to_the_same_result(bed, workspace, scanned, monkeypatch, tmp_path):
-    import stvcli.stages.search as search_module
+def interrupt_after(monkeypatch, calls: int) -> None:
+    """Make the shared loop's reward computation raise KeyboardInterrupt at call ``calls``."""
+    import stvcli.stages.reinforce as reinforce_module
 
-    run_bank(BankConfig(workspace=workspace, clusters=4, contexts=8, quiet=True))
-    config = SearchConfig(workspace=workspace, iterations=6, samples=4, checkpoint_every=2, quiet=True)
-    original = search_module.candidate_rewards
-    calls = {"n": 0}
+    original = reinforce_module.candidate_rewards
+    seen = {"n": 0}
 
     def interrupted(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 5:
+        seen["n"] += 1
+        if seen["n"] == calls:
             raise KeyboardInterrupt
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(search_module, "candidate_rewards", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        run_search(config)
-    assert artifact_path(workspace, "search-state").exists()
-    assert not artifact_path(workspace, "vectors").exists()
-    monkeypatch.setattr(search_module, "candidate_rewards", original)
+    monkeypatch.setattr(reinforce_module, "candidate_rewards", interrupted)
+
+
+def test_search_resumes_after_interruption_to_the_same_result(bed, workspace, scanned, monkeypatch, tmp_path):
+    run_bank(BankConfig(workspace=workspace, clusters=4, contexts=8, quiet=True))
+    config = SearchConfig(workspace=workspace, iterations=6, samples=4, checkpoint_every=2, quiet=True)
+    with monkeypatch.context() as patch:
+        interrupt_after(patch, 5)
+        with pytest.raises(KeyboardInterrupt):
+            run_search(config)
+    assert Workspace(workspace).path("search-state").exists()
+    assert not Workspace(workspace).path("vectors").exists()
     resumed = run_search(config)
     assert len(resumed.rewards) == 6
+    assert not Workspace(workspace).path("search-state").exists()  # removed once the vectors are written
     fresh = run_search(config.model_copy(update={"force": True}))
     assert torch.allclose(resumed.logits, fresh.logits, atol=1e-5)
     assert torch.equal(resumed.choices, fresh.choices)
+    assert resumed.rewards == pytest.approx(fresh.rewards, abs=1e-6)
+
+
+def test_mtv_resumes_after_interruption_to_the_same_choices(bed, workspace, scanned, monkeypatch):
+    from stvcli.stages.mtv import run_mtv
+
+    adapter, data = get_adapter(bed["model"]), load_task_data(bed["data"])
+    config = MTVConfig(iterations=6, samples=4, holdout=4, best_of=3, checkpoint_every=2)
+    with monkeypatch.context() as patch:
+        interrupt_after(patch, 5)  # iteration 5 of 6: the checkpoint after iteration 4 is on disk
+        with pytest.raises(KeyboardInterrupt):
+            run_mtv(workspace, adapter, data, config, quiet=True)
+    state = Workspace(workspace).path("mtv-state")
+    assert state.exists() and load_artifact(state, "mtv-state").meta["extra"]["iteration"] == 4
+    assert not Workspace(workspace).path("mtv").exists()
+    resumed = run_mtv(workspace, adapter, data, config, quiet=True)
+    assert len(resumed.rewards) == 6 and not state.exists()
+    fresh = run_mtv(workspace, adapter, data, config, quiet=True, force=True)
+    assert torch.equal(resumed.locations, fresh.locations)
+    assert torch.allclose(resumed.logits, fresh.logits, atol=1e-6)
+    assert resumed.rewards == pytest.approx(fresh.rewards, abs=1e-6)
 
 
 def test_eval_applies_exactly_the_vectors_it_read(bed, workspace, scanned, monkeypatch):
     run_bank(BankConfig(workspace=workspace, clusters=4, contexts=8, quiet=True))
     run_search(SearchConfig(workspace=workspace, iterations=2, samples=4, quiet=True))
-    vectors = load_artifact(artifact_path(workspace, "vectors"), "vectors")
+    vectors = load_artifact(Workspace(workspace).path("vectors"), "vectors")
     seen = {}
     original = evaluate_module.generate
 
@@ -163,7 +191,7 @@ def test_eval_runs_every_method_and_writes_results(bed, workspace, scanned, tmp_
     assert len(lines) == 3 * len(methods)
     assert {"scan", "bank", "search", "mtv", "eval"} <= set(report["stages"])
     assert report["stages"]["scan"]["forwards"] == 16
-    mtv = load_artifact(artifact_path(workspace, "mtv"), "mtv")
+    mtv = load_artifact(Workspace(workspace).path("mtv"), "mtv")
     assert mtv["means"].shape[:2] == mtv["logits"].shape
 
 

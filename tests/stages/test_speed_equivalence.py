@@ -15,7 +15,8 @@ from stvcli.artifacts import load_artifact
 from stvcli.data.loading import load_task_data
 from stvcli.prefix import straightforward
 from stvcli.stages.bank import run_bank
-from stvcli.stages.common import Meter, artifact_path, get_adapter
+from stvcli.stages.common import Meter, get_adapter
+from stvcli.workspace import Workspace
 from stvcli.stages.config import BankConfig, MTVConfig, ScanConfig, SearchConfig
 from stvcli.stages.mtv import run_mtv
 from stvcli.stages.scan import capture_prompts, many_shot_prompts, scan_pass, sensitivity_scores
@@ -58,8 +59,8 @@ def test_grouped_scan_and_bank_equal_straightforward(bed, tmp_path, monkeypatch)
     assert torch.allclose(fast_scan.scores, slow_scan.scores, atol=ATOL)
     assert torch.equal(fast_scan.locations, slow_scan.locations)
     assert fast_scan.stats["forwards"] == slow_scan.stats["forwards"] == 16
-    fast_kept = load_artifact(artifact_path(tmp_path / "fast", "activations"), "activations")["activations"]
-    slow_kept = load_artifact(artifact_path(tmp_path / "slow", "activations"), "activations")["activations"]
+    fast_kept = load_artifact(Workspace(tmp_path / "fast").path("activations"), "activations")["activations"]
+    slow_kept = load_artifact(Workspace(tmp_path / "slow").path("activations"), "activations")["activations"]
     assert torch.allclose(fast_kept, slow_kept, atol=ATOL)
     assert torch.allclose(fast_bank.bank, slow_bank.bank, atol=ATOL)
     assert torch.equal(fast_bank.counts, slow_bank.counts)

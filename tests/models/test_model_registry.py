@@ -1,20 +1,31 @@
-"""Registry: architecture lookup, short names, generic discovery, geometry."""
+"""Registry: architecture lookup, family discovery, prefix sharing, short names, generic discovery, geometry."""
 
 from __future__ import annotations
+
+import importlib
+import pkgutil
+import sys
+import textwrap
 
 import pytest
 import torch
 from torch import nn
 
+import stvcli.models
 from stvcli.errors import ModelError
 from stvcli.models import registry
+from stvcli.models.base import ModelAdapter
 from stvcli.models.idefics2 import Idefics2Adapter
 from stvcli.models.idefics3 import Idefics3Adapter
 from stvcli.models.llava import LlavaAdapter
 from stvcli.models.qwen2_vl import Qwen2VLAdapter, Qwen25VLAdapter
 from stvcli.models.qwen_vl import QwenVLAdapter
 from stvcli.models.text import GenericAdapter, TextAdapter, discover_projections
+from stvcli.prefix import can_share_prefix, straightforward
 from stvcli.testing.tiny import build_tiny, tiny_adapter
+
+#: Families whose shared-prefix forward is checked equal to the full forward (tests/test_prefix.py).
+SHARING_FAMILIES = {"text", "llava", "idefics2", "idefics3", "qwen2-vl", "qwen2.5-vl"}
 
 
 @pytest.mark.parametrize(
@@ -34,6 +45,91 @@ from stvcli.testing.tiny import build_tiny, tiny_adapter
 )
 def test_architecture_lookup(architecture, cls):
     assert registry.adapter_class([architecture]) is cls
+
+
+def test_unknown_or_missing_architectures_get_the_generic_adapter():
+    for architectures in (None, [], ["Nope"], ["Nope", "AlsoNope"]):
+        assert registry.adapter_class(architectures) is GenericAdapter
+
+
+def test_discovery_imports_every_family_module():
+    listed = {m.name for m in pkgutil.iter_modules(stvcli.models.__path__)}
+    expected = {f"stvcli.models.{name}" for name in listed - registry.INFRASTRUCTURE_MODULES}
+    assert set(registry.family_modules()) == expected
+    assert {"stvcli.models.text", "stvcli.models.llava", "stvcli.models.qwen2_vl"} <= expected
+    assert not {"stvcli.models.base", "stvcli.models.loading", "stvcli.models.vision"} & expected
+    registry.discover_families()
+    for name in expected:
+        for cls in vars(sys.modules[name]).values():
+            if isinstance(cls, type) and issubclass(cls, ModelAdapter) and cls.__module__ == name:
+                for architecture in cls.architectures:
+                    assert registry.adapter_class([architecture]) is cls
+
+
+def test_a_new_family_file_is_discovered(tmp_path, monkeypatch):
+    (tmp_path / "brand_new.py").write_text(
+        textwrap.dedent(
+            """
+            from stvcli.models.registry import register
+            from stvcli.models.text import TextAdapter
+
+
+            @register
+            class BrandNewAdapter(TextAdapter):
+                family = "brand-new"
+                architectures = ("BrandNewForCausalLM",)
+            """
+        )
+    )
+    importlib.invalidate_caches()
+    monkeypatch.setattr(stvcli.models, "__path__", [*stvcli.models.__path__, str(tmp_path)])
+    monkeypatch.setattr(registry.ADAPTERS, "_entries", dict(registry.ADAPTERS._entries))
+    monkeypatch.setattr(registry, "_discovered", False)
+    try:
+        cls = registry.adapter_class(["BrandNewForCausalLM"])
+        assert (cls.__module__, cls.__name__) == ("stvcli.models.brand_new", "BrandNewAdapter")
+        assert registry.adapter_class(["LlamaForCausalLM"]) is TextAdapter
+    finally:
+        sys.modules.pop("stvcli.models.brand_new", None)
+        vars(stvcli.models).pop("brand_new", None)
+
+
+def test_discovery_runs_once(monkeypatch):
+    registry.discover_families()
+    monkeypatch.setattr(registry, "family_modules", lambda: pytest.fail("discovery ran twice"))
+    assert "LlamaForCausalLM" in registry.ADAPTERS and "Nope" not in registry.ADAPTERS
+    assert registry.adapter_class(["Nope"]) is GenericAdapter
+
+
+def test_second_class_for_an_architecture_is_refused():
+    class Impostor(TextAdapter):
+        architectures = ("LlamaForCausalLM",)
+
+    with pytest.raises(ValueError, match="LlamaForCausalLM"):
+        registry.register(Impostor)
+    assert registry.adapter_class(["LlamaForCausalLM"]) is TextAdapter
+    assert registry.register(TextAdapter) is TextAdapter  # the same class again is fine
+
+
+def test_prefix_sharing_is_declared_by_exactly_the_checked_families():
+    classes = {cls for _, cls in registry.ADAPTERS.items()} | {GenericAdapter}
+    assert {cls.family for cls in classes} >= SHARING_FAMILIES | {"generic", "qwen-vl"}
+    assert {cls.family for cls in classes if cls.prefix_sharing} == SHARING_FAMILIES
+    assert not ModelAdapter.prefix_sharing
+
+
+def test_can_share_prefix_follows_the_flag_and_straightforward():
+    adapter = tiny_adapter("llama")
+    assert can_share_prefix(adapter)
+    with straightforward():
+        assert not can_share_prefix(adapter)
+    assert can_share_prefix(adapter)
+    adapter.prefix_sharing = False
+    assert not can_share_prefix(adapter)
+    assert TextAdapter.prefix_sharing
+    model, tokenizer = build_tiny("llama")
+    model.config.architectures = ["Unregistered"]
+    assert not can_share_prefix(registry.adapter_for(model, tokenizer, "generic"))
 
 
 def test_short_names_resolve():

@@ -49,6 +49,9 @@ KINDS: dict[str, Kind] = {
     "search-state": Kind({"logits": 2}, "search-state.safetensors", "search"),
     "mtv": Kind({"means": 3, "locations": 2, "logits": 2}, "mtv.safetensors", "mtv", "stv eval --methods mtv"),
     "mtv-state": Kind({"logits": 2}, "mtv-state.safetensors", "mtv"),
+    "mtv-add": Kind({"means": 3, "locations": 2, "logits": 2}, "mtv-add.safetensors", "mtv-add",
+                    "stv eval --methods mtv-add"),
+    "mtv-add-state": Kind({"logits": 2}, "mtv-add-state.safetensors", "mtv-add"),
     "shard": Kind({}),  # one rank's partial result of a data-parallel stage (W/shards/)
 }
 
@@ -205,5 +208,5 @@ def _check_tensors(kind: str, tensors: dict[str, torch.Tensor], where: str) -> N
         if locations.shape[-1] != 2:
             raise ArtifactError(f"{where}: locations must be [K, 2], got {tuple(locations.shape)}")
         for name in ("bank", "counts", "vectors", "logits", "baseline", "choices"):
-            if name in tensors and kind != "mtv" and tensors[name].shape[0] != locations.shape[0]:
+            if name in tensors and kind not in ("mtv", "mtv-add") and tensors[name].shape[0] != locations.shape[0]:
                 raise ArtifactError(f"{where}: {name} has {tensors[name].shape[0]} rows for {locations.shape[0]} locations")

@@ -263,7 +263,7 @@ def search_command(
     iterations: Annotated[int, typer.Option("--iterations", help="REINFORCE iterations.")] = 300,
     samples: Annotated[int, typer.Option("--samples", help="Samples per iteration (S).")] = 32,
     lr: Annotated[float, typer.Option("--lr", help="Adam learning rate.")] = 0.1,
-    queries_per_iteration: Annotated[int, typer.Option("--queries-per-iteration")] = 1,
+    queries_per_iteration: Annotated[int, typer.Option("--queries-per-iteration", help="Support queries each candidate's reward is averaged over.")] = 4,
     reward: Annotated[str, typer.Option("--reward", help="first-token (paper) | answer (answer log-likelihood)")] = "first-token",
     insert: InsertOpt = "replace",
     select: Annotated[str, typer.Option("--select", help="argmax (paper) | best-of (best of --best-of draws on held-out support items)")] = "argmax",
@@ -297,6 +297,7 @@ def eval_command(
     insert: Annotated[Optional[str], typer.Option("--insert", help="Override the insertion mode the vectors were searched with.")] = None,
     metric_variant: Annotated[str, typer.Option("--metric-variant", help="VQA normalisation: standard | lavis | official")] = "standard",
     mtv_iterations: Annotated[int, typer.Option("--mtv-iterations", help="MTV REINFORCE iterations (paper: 600).")] = 600,
+    mtv_threshold: Annotated[Optional[float], typer.Option("--mtv-threshold", help="MTV's final draws skip heads below this probability (default: the official code's, 0.8 for Idefics2, else none).")] = None,
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model override (default: the one the artifacts were made with).")] = None,
     data: DataOpt = None,
     task: Annotated[Optional[str], typer.Option("--task", "-t", help="Task override (with --data).")] = None,
@@ -320,7 +321,7 @@ def eval_command(
         batch_size=parse_batch_size(batch_size), force=force, quiet=quiet,
         model=model_options(model, "auto", "auto", device_map, None, max_memory) if model else None,
         data=data_options(data, task, seed=seed) if task else None,
-        mtv=MTVConfig(iterations=mtv_iterations, seed=seed),
+        mtv=MTVConfig(iterations=mtv_iterations, threshold=mtv_threshold, seed=seed),
     )
     report = run_eval(config)
     if as_json:

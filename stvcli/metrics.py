@@ -245,3 +245,44 @@ def majority_answer(answers: Sequence[str]) -> str:
         first.setdefault(key, answer.strip())
     best = max(counts, key=lambda key: counts[key])  # max keeps the first of equal counts
     return first[best]
+
+
+def mcnemar_exact(a: Sequence[float], b: Sequence[float]) -> float:
+    """Two-sided exact McNemar p-value for paired 0/1 scores: a binomial test (p = 1/2)
+    on the discordant pairs (a right and b wrong: n10; a wrong and b right: n01)."""
+    n10 = sum(1 for x, y in zip(a, b, strict=True) if x > y)
+    n01 = sum(1 for x, y in zip(a, b, strict=True) if x < y)
+    n = n10 + n01
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(n10, n01) + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float], seed: int = 0, n_resamples: int = 2000,
+                      confidence: float = 0.95) -> dict[str, float | int | str]:
+    """mean(a) - mean(b) over the same items, with a paired 95% interval and p-value.
+
+    The interval is the percentile bootstrap of the per-item differences (seeded). The
+    p-value is the exact McNemar test for 0/1 scores, else the paired bootstrap's
+    two-sided p (the share of resampled mean differences on the other side of zero,
+    doubled). ``test`` says which.
+    """
+    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if x.shape != y.shape or x.size == 0:
+        raise ValueError("paired_difference needs two equally long, non-empty score lists")
+    diffs = x - y
+    low, high = bootstrap_interval(diffs.tolist(), seed=seed, n_resamples=n_resamples, confidence=confidence)
+    binary = bool(np.isin(x, (0.0, 1.0)).all() and np.isin(y, (0.0, 1.0)).all())
+    if binary:
+        p_value, test = mcnemar_exact(x.tolist(), y.tolist()), "mcnemar-exact"
+    else:
+        rng = np.random.default_rng(seed)
+        means = diffs[rng.integers(0, diffs.size, size=(n_resamples, diffs.size))].mean(axis=1)
+        if not diffs.any():
+            p_value = 1.0
+        else:
+            p_value = min(1.0, 2 * min(float((means <= 0).mean()), float((means >= 0).mean())))
+        test = "paired-bootstrap"
+    return {"difference": float(diffs.mean()), "ci_low": low, "ci_high": high, "p_value": p_value,
+            "n": int(diffs.size), "test": test}

@@ -262,3 +262,19 @@ def test_row_mask_keeps_own_activation(family, tiny, tiny_prompts):
             want = vectors[k] if mask[row, k] else head(before[1][row, -1], h, d)
             assert torch.equal(head(got[row], h, d), want)
     assert intervention.rows(slice(0, 1)).row_mask.shape == (1, 2)
+
+
+def test_keep_everywhere_reproduces_the_bare_model_exactly(family, tiny, tiny_prompts):
+    """The search's "keep" choice is a row mask of False: at every location, in both
+    modes, with per-row vectors, the logits are bit-identical to the plain model's."""
+    adapter = tiny(family)
+    inputs = adapter.encode(tiny_prompts(family))
+    batch = inputs["input_ids"].shape[0]
+    plain = forward(adapter, inputs)
+    locations = all_locations(adapter.n_layers, adapter.n_heads)
+    vectors = torch.randn(batch, len(locations), adapter.head_dim, generator=torch.Generator().manual_seed(3))
+    keep = torch.zeros(batch, len(locations), dtype=torch.bool)
+    for mode in ("replace", "add"):
+        with applied(adapter, Intervention(locations, vectors, mode, keep)):
+            assert torch.equal(forward(adapter, inputs), plain), mode
+    assert no_hooks_left(adapter)

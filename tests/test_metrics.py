@@ -213,3 +213,31 @@ def test_majority_answer():
     assert majority_answer(["Yes", "yes", "no"]) == "Yes"
     assert majority_answer(["cat", "dog"]) == "cat"  # ties: first seen
     assert majority_answer(["two", "2", "3"]) == "two"  # compared after normalisation
+
+
+def test_mcnemar_exact_against_a_hand_computation():
+    from stvcli.metrics import mcnemar_exact
+
+    # 6 items a right / b wrong, 1 item a wrong / b right, 3 ties: two-sided binomial(7, 1/2) at <= 1
+    a = [1, 1, 1, 1, 1, 1, 0, 1, 0, 1]
+    b = [0, 0, 0, 0, 0, 0, 1, 1, 0, 1]
+    expected = 2 * (1 + 7) / 2**7  # (C(7,0) + C(7,1)) / 2^7, doubled
+    assert mcnemar_exact(a, b) == pytest.approx(expected)
+    assert mcnemar_exact(a, a) == 1.0
+    assert mcnemar_exact([1] * 20, [0] * 20) == pytest.approx(2 / 2**20)
+
+
+def test_paired_difference_on_binary_and_fractional_scores():
+    from stvcli.metrics import paired_difference
+
+    a = [1, 1, 1, 1, 1, 1, 0, 1, 0, 1]
+    b = [0, 0, 0, 0, 0, 0, 1, 1, 0, 1]
+    result = paired_difference(a, b)
+    assert result["difference"] == pytest.approx(0.5) and result["n"] == 10 and result["test"] == "mcnemar-exact"
+    assert result["ci_low"] <= 0.5 <= result["ci_high"] and result["ci_low"] > 0
+    assert result["p_value"] == pytest.approx(2 * 8 / 2**7)
+    vqa = paired_difference([0.3, 1.0, 0.6, 1.0], [0.3, 0.6, 0.6, 0.0])
+    assert vqa["test"] == "paired-bootstrap" and vqa["difference"] == pytest.approx(1.4 / 4)
+    assert paired_difference([0.3, 0.6], [0.3, 0.6])["p_value"] == 1.0
+    with pytest.raises(ValueError):
+        paired_difference([1, 0], [1])

@@ -21,6 +21,8 @@ class Idefics2Adapter(VisionAdapter):
     architectures: ClassVar[tuple[str, ...]] = ("Idefics2ForConditionalGeneration",)
     prefix_sharing: bool = True
     nested_images: ClassVar[bool] = True
+    #: MTV's reference code prompts Idefics2 with raw text; --chat-template opts in.
+    chat_template_default: ClassVar[bool] = False
 
     def _configure_processor(self) -> None:
         image_processor = getattr(self.processor, "image_processor", None)

@@ -20,6 +20,7 @@ from stvcli.config import ModelOptions
 from stvcli.console import progress, say
 from stvcli.data.loading import load_task_data
 from stvcli.data.options import DataOptions
+from stvcli.data.types import Item
 from stvcli.errors import StvError
 from stvcli.stages.common import Meter, get_adapter
 from stvcli.stages.config import BankConfig
@@ -89,12 +90,15 @@ def run_bank(config: BankConfig) -> BankResult:
         return BankResult(bank["bank"], bank["counts"], True, bank.meta["extra"].get("stats", {}))
 
     locations = scan["locations"]
-    activations = _kept_activations(workspace, locations)[: config.contexts]
+    activations, context_uids = _kept_activations(workspace, locations)
+    activations, context_uids = activations[: config.contexts], context_uids[: config.contexts]
     missing = config.contexts - len(activations)
     meter = Meter()
     stats: dict[str, Any] | None = None
     if missing > 0:
-        more, stats = _more_contexts(workspace, config, scan.settings, locations, missing, settings)
+        more, stats, more_uids = _more_contexts(workspace, config, scan.settings, locations, missing, settings,
+                                                   set(context_uids))
+        context_uids += more_uids
         if more is not None:
             activations = torch.cat([activations, more]) if len(activations) else more
         say(f"bank: reused {config.contexts - missing} scan contexts, ran {missing} more", config.quiet)
@@ -106,20 +110,34 @@ def run_bank(config: BankConfig) -> BankResult:
     baseline = scan["zero_mean"][locations[:, 0], locations[:, 1]]  # [K, D]
     stats = stats or meter.summary()
     workspace.save("bank", {"bank": bank, "counts": counts, "locations": locations, "baseline": baseline},
-                   settings=settings, provenance=Provenance.of(scan), seed=config.seed, extra={"stats": stats})
+                   settings=settings, provenance=Provenance.of(scan), seed=config.seed,
+                   extra={"stats": stats, "context_uids": context_uids})
     say(f"bank: {len(locations)} locations x {config.clusters} clusters from {len(activations)} contexts -> "
         f"{workspace.path('bank')}", config.quiet)
     return dist.broadcast_object(BankResult(bank, counts, False, stats))  # rank 0's result on every rank
 
 
+def context_queries(support: list[Item], used: set[str], n: int, rng: random.Random) -> list[Item]:
+    """``n`` queries for new many-shot contexts: support items not in ``used`` (the
+    kept contexts' queries), without replacement while they last, then again in a
+    fresh order; so every query appears about equally often and never twice before
+    all have appeared once."""
+    fresh = [item for item in support if item.uid not in used] or list(support)
+    queries: list[Item] = []
+    while len(queries) < n:
+        queries += rng.sample(fresh, min(len(fresh), n - len(queries)))
+    return queries
+
+
 def _more_contexts(workspace: Workspace, config: BankConfig, scan_settings: dict[str, Any], locations: torch.Tensor,
-                   missing: int, settings: dict[str, Any]) -> tuple[torch.Tensor | None, dict[str, Any]]:
+                   missing: int, settings: dict[str, Any], used: set[str]) -> tuple[torch.Tensor | None, dict[str, Any], list[str]]:
     """Many-shot activations [missing, K, D] of new contexts at ``locations`` (None on
-    ranks other than 0 under torchrun, where each rank captures its share)."""
+    ranks other than 0 under torchrun, where each rank captures its share), the stats,
+    and the uids of the contexts' queries."""
     adapter = get_adapter(ModelOptions(**scan_settings["model"]))
     task_data = load_task_data(DataOptions(**scan_settings["data"]))
-    rng = random.Random(config.seed + 1)
-    queries = [rng.choice(task_data.support) for _ in range(missing)]
+    rng = random.Random(f"bank:{config.seed}")  # not Random(seed): the scan draws its queries from that
+    queries = context_queries(task_data.support, used, missing, rng)
     prompts = many_shot_prompts(task_data.task, queries, task_data.support, scan_settings["shots"], rng)
 
     def share(start: int, stop: int):
@@ -134,16 +152,18 @@ def _more_contexts(workspace: Workspace, config: BankConfig, scan_settings: dict
         return {"activations": part}, meter.summary()
 
     shares = workspace.sharded("bank", settings, missing, share, unit="contexts")
+    uids = [q.uid for q in queries]
     if shares is None:
-        return None, {}
-    return shares.cat("activations"), shares.stats
+        return None, {}, uids
+    return shares.cat("activations"), shares.stats, uids
 
 
-def _kept_activations(workspace: Workspace, locations: torch.Tensor) -> torch.Tensor:
-    """The scan's many-shot activations at ``locations`` ([T, K, D]), or an empty tensor."""
+def _kept_activations(workspace: Workspace, locations: torch.Tensor) -> tuple[torch.Tensor, list[str]]:
+    """The scan's many-shot activations at ``locations`` ([T, K, D]) and their queries'
+    uids, or an empty tensor and list."""
     if not workspace.exists("activations"):
-        return torch.empty(0)
+        return torch.empty(0), []
     kept = workspace.load("activations")
     if not torch.equal(kept["locations"], locations):
-        return torch.empty(0)
-    return kept["activations"]
+        return torch.empty(0), []
+    return kept["activations"], list(kept.meta["extra"].get("query_uids", []))

@@ -74,12 +74,18 @@ class SearchConfig(StageOptions):
     iterations: int = 300
     samples: int = 32
     lr: float = 0.1
-    queries_per_iteration: int = 1
+    queries_per_iteration: int = 4  # rewards averaged over this many support queries per candidate
     reward: Literal["first-token", "answer"] = "first-token"
     insert: InsertMode = "replace"
     select: Literal["argmax", "best-of"] = "argmax"
     best_of: int = 10  # draws scored on a held-out support slice when select = best-of
-    holdout: int = 50  # support items held out of the search for best-of selection
+    holdout: int = 50  # support items held out for best-of selection, the start check and the diagnostics
+    # Options beyond the paper (docs/method.md §4.1): per location, the location's mean
+    # vector and "keep" (no edit) join the clusters as choices; the policy starts with
+    # mean_prior of its mass on the mean, and its final pick is compared with that start.
+    mean_choice: bool = False
+    keep_choice: bool = False
+    mean_prior: float = Field(default=0.5, gt=0, lt=1)
     checkpoint_every: int = 25
     seed: int = 0
 
@@ -101,7 +107,9 @@ class MTVConfig(Settings):
     init_logit: float = -1.0
     best_of: int = 10
     holdout: int = 50
-    insert: InsertMode = "replace"
+    insert: InsertMode = "replace"  # the paper's rule; "add" is the separate method mtv-add
+    threshold: float | None = Field(default=None, ge=0, lt=1)  # None: the official code's (0.8 Idefics2, else none)
+    queries_per_iteration: int = Field(default=1, ge=1)  # the official code: one
     checkpoint_every: int = 25
     seed: int = 0
 

@@ -26,7 +26,7 @@ from stvcli.data.tasks import TemplateTask
 from stvcli.data.types import Item, TaskData
 from stvcli.engine import Intervention
 from stvcli.errors import StvError
-from stvcli.metrics import summarize
+from stvcli.metrics import paired_difference, summarize
 from stvcli.models.base import ModelAdapter
 from stvcli.scoring import generate
 from stvcli.stages.common import Meter, get_adapter, run_batched
@@ -133,11 +133,13 @@ def run_eval(config: EvalConfig) -> dict[str, Any]:
     build_stats: dict[str, Any] = {}
     for method in methods:
         intervention, stats = build_intervention(context, method)
-        build_stats.update({f"{method.base}_{k}": v for k, v in stats.items()})
-        results.append(_evaluate_shared(adapter, task_data, items, method, intervention, config))
-        say(f"eval: {method.name}: {results[-1].summary['accuracy']:.3f} (n={results[-1].summary['n']})",
-            config.quiet)
+        build_stats.update({f"{method.base}_{k}": v for k, v in stats.items() if k != "forwards"})
+        result = _evaluate_shared(adapter, task_data, items, method, intervention, config)
+        result.summary.update(build_forwards=stats.get("forwards"), eval_forwards=result.stats.get("forwards"))
+        results.append(result)
+        say(f"eval: {method.name}: {result.summary['accuracy']:.3f} (n={result.summary['n']})", config.quiet)
     report = build_report(config, model_options, data_options, task.name, results, build_stats)
+    report["paired"] = {task.name: paired_comparisons(results, config.seed)}
     output = config.output_path or config.workspace or Path("results")
     if dist.is_main():
         write_results(Path(output), report, results if config.log_samples else [], task.name)
@@ -156,6 +158,27 @@ def _evaluate_shared(adapter, task_data, items, method, intervention, config) ->
     samples = [sample for p in parts for sample in p.samples]
     return MethodResult(method.name, summarize([s["score"] for s in samples]), samples,
                         dist.merge_stats([p.stats for p in parts]))
+
+
+def paired_comparisons(results: list[MethodResult], seed: int = 0) -> dict[str, Any]:
+    """STV against every other method on the same items: the paired difference of the
+    scores with its 95% interval and p-value (``metrics.paired_difference``), and both
+    methods' build forwards. Empty when ``stv`` was not evaluated."""
+    by_name = {r.method: r for r in results}
+    if "stv" not in by_name:
+        return {}
+    stv = by_name["stv"]
+    stv_scores = [sample["score"] for sample in stv.samples]
+    comparisons = {}
+    for other in results:
+        if other.method == "stv":
+            continue
+        comparison = paired_difference(stv_scores, [sample["score"] for sample in other.samples], seed=seed)
+        budgets = (stv.summary.get("build_forwards"), other.summary.get("build_forwards"))
+        comparison.update(build_forwards={"stv": budgets[0], other.method: budgets[1]},
+                          equal_budget=budgets[0] == budgets[1])
+        comparisons[f"stv - {other.method}"] = comparison
+    return comparisons
 
 
 def stage_stats(workspace: Path | None) -> dict[str, Any]:
@@ -203,12 +226,43 @@ def write_results(directory: Path, report: dict[str, Any], results: list[MethodR
 
 
 def markdown_table(report: dict[str, Any]) -> str:
-    rows = ["| task | method | accuracy | 95% CI | n |", "|---|---|---|---|---|"]
+    """The results table (accuracy, 95% interval, n, forwards to build and to evaluate),
+    then STV against MTV and against the best ICL, paired, when those were evaluated."""
+    rows = ["| task | method | accuracy | 95% CI | n | build forwards | eval forwards |",
+            "|---|---|---|---|---|---|---|"]
     for task_name, methods in report["results"].items():
         for method, s in methods.items():
             rows.append(f"| {task_name} | {method} | {100 * s['accuracy']:.1f} | "
-                        f"[{100 * s['ci_low']:.1f}, {100 * s['ci_high']:.1f}] | {s['n']} |")
-    return "\n".join(rows)
+                        f"[{100 * s['ci_low']:.1f}, {100 * s['ci_high']:.1f}] | {s['n']} | "
+                        f"{_count(s.get('build_forwards'))} | {_count(s.get('eval_forwards'))} |")
+    lines = [line for task_name, methods in report["results"].items()
+             for line in _headline(methods, report.get("paired", {}).get(task_name, {}))]
+    return "\n".join(rows + ([""] + lines if lines else []))
+
+
+def _headline(methods: dict[str, Any], paired: dict[str, Any]) -> list[str]:
+    """"STV - MTV: +3.3 points [-1.7, 8.3], p = 0.38 (McNemar, n = 60)" lines."""
+    icl = [name for name in methods if name.startswith("icl:")]
+    best_icl = max(icl, key=lambda name: methods[name]["accuracy"]) if icl else None
+    lines = []
+    for other in ("mtv", best_icl):
+        comparison = paired.get(f"stv - {other}") if other else None
+        if comparison is None:
+            continue
+        test = "McNemar" if comparison["test"] == "mcnemar-exact" else "paired bootstrap"
+        label = f"best ICL ({other})" if other == best_icl else other.upper()
+        line = (f"STV - {label}: {100 * comparison['difference']:+.1f} points "
+                f"[{100 * comparison['ci_low']:+.1f}, {100 * comparison['ci_high']:+.1f}], "
+                f"p = {comparison['p_value']:.3g} ({test}, n = {comparison['n']})")
+        budgets = comparison.get("build_forwards", {})
+        if not comparison.get("equal_budget") and None not in budgets.values():
+            line += " at unequal budgets: " + ", ".join(f"{k} {v:,} build forwards" for k, v in budgets.items())
+        lines.append(line)
+    return lines
+
+
+def _count(value: Any) -> str:
+    return "-" if value is None else f"{int(value):,}"
 
 
 def _git_hash() -> str | None:

@@ -115,58 +115,84 @@ def build_intervention(context: MethodContext, method: Method) -> Built:
 # ----------------------------------------------------------------------------- builders
 
 
+def stage_forwards(workspace: Workspace | None, *kinds: str) -> int | None:
+    """Forwards the workspace's artifacts of ``kinds`` recorded (None if one is missing)."""
+    if workspace is None or not all(workspace.exists(kind) for kind in kinds):
+        return None
+    return sum(int(workspace.load(kind).meta["extra"].get("stats", {}).get("forwards", 0)) for kind in kinds)
+
+
 @method("zero-shot", "the bare model")
 def _zero_shot(context: MethodContext) -> Built:
-    return None, {}
+    return None, {"forwards": 0}
 
 
 @method("stv", "the searched task vectors (--vectors or the workspace's)")
 def _stv(context: MethodContext) -> Built:
     if context.vectors is None:
         raise StvError("stv needs vectors: run `stv search` first or pass --vectors")
-    return context.vectors.intervention(context.mode), {}
+    return context.vectors.intervention(context.mode), {"forwards": stage_forwards(context.workspace, "scan", "bank",
+                                                                                   "vectors")}
 
 
-@method("mtv", "the MTV baseline, built on first use", needs_workspace=True)
-def _mtv(context: MethodContext) -> Built:
+def _run_mtv(context: MethodContext, insert: InsertMode) -> Built:
+    """MTV's search (built on first use, reused after) and its vectors, inserted as searched."""
     from stvcli.stages.mtv import mtv_intervention, run_mtv
 
     workspace = context.need_workspace()
     config = context.config
-    mtv_config = config.mtv.model_copy(update={"insert": context.mode})
+    mtv_config = config.mtv.model_copy(update={"insert": insert})
     result = run_mtv(workspace.root, context.adapter, context.task_data, mtv_config, config.batch_size, config.quiet,
                      config.force)
-    artifact = workspace.load("mtv", fingerprint=context.adapter.fingerprint())
-    return mtv_intervention(artifact, context.mode), {"search": result.stats}
+    artifact = workspace.load(result.kind, fingerprint=context.adapter.fingerprint())
+    # MTV's means come from the scan's N many-shot forwards (half of the scan's 2N)
+    forwards = int(result.stats.get("forwards", 0)) + int(result.stats.get("scan_forwards_shared", 0))
+    return mtv_intervention(artifact, insert), {"search": result.stats, "forwards": forwards}
+
+
+@method("mtv", "the MTV baseline as published (replacement), built on first use", needs_workspace=True)
+def _mtv(context: MethodContext) -> Built:
+    return _run_mtv(context, "replace")
+
+
+@method("mtv-add", "MTV's search and means with add insertion (not the paper's rule)", needs_workspace=True)
+def _mtv_add(context: MethodContext) -> Built:
+    return _run_mtv(context, "add")
 
 
 @method("mean-at-stv", "the bank's count-weighted mean at STV's locations", needs_workspace=True)
 def _mean_at_stv(context: MethodContext) -> Built:
     from stvcli.vectors import make_intervention
 
-    bank = context.need_workspace().load("bank", fingerprint=context.adapter.fingerprint())
+    workspace = context.need_workspace()
+    bank = workspace.load("bank", fingerprint=context.adapter.fingerprint())
     weights = bank["counts"].float().unsqueeze(-1)  # [K, M, 1]
     means = (bank["bank"] * weights).sum(1) / weights.sum(1)
-    return make_intervention(bank["locations"], means, bank["baseline"], context.mode), {}
+    return (make_intervention(bank["locations"], means, bank["baseline"], context.mode),
+            {"forwards": stage_forwards(workspace, "scan", "bank")})
 
 
 @method("random-locations", "the many-shot mean at K random heads", needs_workspace=True)
 def _random_locations(context: MethodContext) -> Built:
     import torch
 
-    scan = context.need_workspace().load("scan", fingerprint=context.adapter.fingerprint())
+    workspace = context.need_workspace()
+    scan = workspace.load("scan", fingerprint=context.adapter.fingerprint())
     n_layers, n_heads = scan["many_mean"].shape[:2]
     generator = torch.Generator().manual_seed(context.config.seed)
     order = torch.randperm(n_layers * n_heads, generator=generator)[: len(scan["locations"])]
-    return _scan_means(context, scan, torch.stack([order // n_heads, order % n_heads], 1)), {}
+    return (_scan_means(context, scan, torch.stack([order // n_heads, order % n_heads], 1)),
+            {"forwards": stage_forwards(workspace, "scan")})
 
 
 @method("mean-all-heads", "the many-shot mean at every head", needs_workspace=True)
 def _mean_all_heads(context: MethodContext) -> Built:
     from stvcli.engine import all_locations
 
-    scan = context.need_workspace().load("scan", fingerprint=context.adapter.fingerprint())
-    return _scan_means(context, scan, all_locations(*scan["many_mean"].shape[:2])), {}
+    workspace = context.need_workspace()
+    scan = workspace.load("scan", fingerprint=context.adapter.fingerprint())
+    return (_scan_means(context, scan, all_locations(*scan["many_mean"].shape[:2])),
+            {"forwards": stage_forwards(workspace, "scan")})
 
 
 def _scan_means(context: MethodContext, scan: Any, locations: Any) -> Intervention:

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Literal, Protocol
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
 
 import torch
 
@@ -47,6 +47,10 @@ class Policy(Protocol):
 
     def log_prob(self, draws: torch.Tensor) -> torch.Tensor: ...
 
+    def greedy(self) -> torch.Tensor: ...
+
+    def entropy(self) -> float: ...
+
 
 class CategoricalPolicy:
     """One categorical per location over its M clusters: logits [K, M] (-inf = never)."""
@@ -68,6 +72,11 @@ class CategoricalPolicy:
         """The most probable cluster at every location: [K]."""
         return self.logits.detach().argmax(-1)
 
+    def entropy(self) -> float:
+        """Mean entropy (nats) of the locations' categoricals."""
+        log_p = torch.log_softmax(self.logits.detach().double(), -1)
+        return float(-(log_p.exp() * log_p.nan_to_num(neginf=0.0)).sum(-1).mean())
+
 
 class BernoulliPolicy:
     """One Bernoulli per head (insert there or not): logits [L, H], p clamped to
@@ -87,6 +96,15 @@ class BernoulliPolicy:
         p = self._p(torch.float64)
         masks = draws.double()
         return (masks * p.log() + (1 - masks) * (1 - p).log()).sum(1)
+
+    def greedy(self) -> torch.Tensor:
+        """The most probable head set: [L*H] float."""
+        return (self._p(torch.float32).detach() > 0.5).float()
+
+    def entropy(self) -> float:
+        """Mean entropy (nats) of the heads' Bernoullis."""
+        p = self._p(torch.float64).detach()
+        return float(-(p * p.log() + (1 - p) * (1 - p).log()).mean())
 
 
 def policy_step(policy: Policy, optimizer: torch.optim.Optimizer, draws: torch.Tensor,
@@ -117,10 +135,31 @@ class Checkpoint:
     every: int = 25
 
 
+@dataclass
+class History:
+    """Per iteration: the candidates' mean reward and its spread, the policy's mean
+    entropy after the step, and the share of choices (locations or heads) whose most
+    probable value the step changed; docs/method.md §4.7."""
+
+    rewards: list[float] = field(default_factory=list)
+    spread: list[float] = field(default_factory=list)
+    entropy: list[float] = field(default_factory=list)
+    changed: list[float] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, list[float]]:
+        return {"rewards": self.rewards, "spread": self.spread, "entropy": self.entropy, "changed": self.changed}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "History":
+        rewards = list(data.get("rewards", []))
+        return cls(rewards, *(list(data.get(key, [float("nan")] * len(rewards))) for key in ("spread", "entropy",
+                                                                                               "changed")))
+
+
 def reinforce(policy: Policy, score: Score, train: Sequence[Item], *, iterations: int, samples: int,
               queries_per_iteration: int, lr: float, seed: int, checkpoint: Checkpoint, label: str,
-              quiet: bool = False) -> list[float]:
-    """Train ``policy`` in place; returns the mean reward of every iteration.
+              quiet: bool = False) -> History:
+    """Train ``policy`` in place; returns the history of every iteration (``History``).
 
     Iteration i draws its candidates and queries from generators seeded with
     ``seed * 1_000_003 + i``, so a resumed run takes exactly the steps an uninterrupted
@@ -128,8 +167,8 @@ def reinforce(policy: Policy, score: Score, train: Sequence[Item], *, iterations
     slice of the candidates, and takes the same step; rank 0 writes checkpoints.
     """
     optimizer = torch.optim.Adam([policy.logits], lr=lr)
-    rewards_log: list[float] = []
-    start = _resume(policy, optimizer, rewards_log, checkpoint, label, quiet)
+    history = History()
+    start = _resume(policy, optimizer, history, checkpoint, label, quiet)
     if len(set(dist.all_gather_object(start))) > 1:
         raise StvError("the ranks resumed the search from different checkpoints; is the workspace on a file system "
                        "every rank sees?")
@@ -140,13 +179,17 @@ def reinforce(policy: Policy, score: Score, train: Sequence[Item], *, iterations
             draws = policy.sample(samples, torch.Generator().manual_seed(iteration_seed))
             queries = random.Random(iteration_seed).sample(list(train), queries_per_iteration)
             rewards = dist.gather_shares(samples, lambda a, b: score(draws[a:b], queries))  # this rank's slice
+            before = policy.greedy()
             policy_step(policy, optimizer, draws, rewards)
-            rewards_log.append(float(rewards.mean()))
+            history.rewards.append(float(rewards.mean()))
+            history.spread.append(float(rewards.std(unbiased=False)))
+            history.entropy.append(policy.entropy())
+            history.changed.append(float((policy.greedy() != before).float().mean()))
             bar.advance(job)
             done = iteration + 1
             if done % checkpoint.every == 0 and done < iterations and dist.is_main():
-                _save_state(policy, optimizer, rewards_log, done, checkpoint)
-    return rewards_log
+                _save_state(policy, optimizer, history, done, checkpoint)
+    return history
 
 
 def best_draw(draws: torch.Tensor, queries: Sequence[Item], score: Score) -> int:
@@ -162,7 +205,37 @@ def split_support(pool: Sequence[Item], seed: int, holdout: int) -> tuple[list[I
     return shuffled[:holdout], shuffled[holdout:]
 
 
-def _save_state(policy: Policy, optimizer: torch.optim.Optimizer, rewards_log: list[float], iteration: int,
+@dataclass(frozen=True)
+class SearchQueries:
+    """The support queries a search trains on and selects with, disjoint from the
+    queries whose many-shot contexts built its vectors (docs/method.md §4.2)."""
+
+    train: list[Item]
+    holdout: list[Item]
+    excluded: int  # support items left out because their contexts built the scan or bank
+
+    def record(self) -> dict[str, object]:
+        """What the artifact records: the uids trained and selected on, and how many were left out."""
+        return {"train_uids": [q.uid for q in self.train], "holdout_uids": [q.uid for q in self.holdout],
+                "excluded": self.excluded}
+
+
+def search_queries(support: Sequence[Item], context_uids: set[str], seed: int, holdout: int, need: int,
+                   fix: str) -> SearchQueries:
+    """The support pool less the items in ``context_uids``, split by ``seed`` into a
+    hold-out of ``holdout`` items and the training rest; a one-line error naming
+    ``fix`` when fewer than ``need`` training items remain."""
+    pool = [item for item in support if item.uid not in context_uids]
+    held, train = split_support(pool, seed, holdout)
+    if len(train) < need:
+        raise StvError(
+            f"only {len(train)} support items remain for the search after holding out {len(held)} and leaving out "
+            f"the {len(support) - len(pool)} queries whose many-shot contexts built the vectors; {fix}"
+        )
+    return SearchQueries(train, held, len(support) - len(pool))
+
+
+def _save_state(policy: Policy, optimizer: torch.optim.Optimizer, history: History, iteration: int,
                 checkpoint: Checkpoint) -> None:
     state = optimizer.state[policy.logits]
     checkpoint.workspace.save(
@@ -170,11 +243,11 @@ def _save_state(policy: Policy, optimizer: torch.optim.Optimizer, rewards_log: l
         {"logits": policy.logits.detach(), "exp_avg": state["exp_avg"], "exp_avg_sq": state["exp_avg_sq"]},
         settings=checkpoint.settings,
         provenance=checkpoint.provenance,
-        extra={"iteration": iteration, "adam_step": float(state["step"]), "rewards": rewards_log},
+        extra={"iteration": iteration, "adam_step": float(state["step"]), "history": history.as_dict()},
     )
 
 
-def _resume(policy: Policy, optimizer: torch.optim.Optimizer, rewards_log: list[float], checkpoint: Checkpoint,
+def _resume(policy: Policy, optimizer: torch.optim.Optimizer, history: History, checkpoint: Checkpoint,
             label: str, quiet: bool) -> int:
     """Load a matching checkpoint into the policy and optimizer; the iteration to start at."""
     state = checkpoint.workspace.load_state(checkpoint.kind, checkpoint.settings)
@@ -188,7 +261,9 @@ def _resume(policy: Policy, optimizer: torch.optim.Optimizer, rewards_log: list[
         "exp_avg": state["exp_avg"].clone(),
         "exp_avg_sq": state["exp_avg_sq"].clone(),
     }
-    rewards_log.extend(extra["rewards"])
+    restored = History.from_dict(extra.get("history", {}))
+    for mine, theirs in zip(history.as_dict().values(), restored.as_dict().values()):
+        mine.extend(theirs)
     say(f"{label}: resuming from iteration {extra['iteration']} ({state.path})", quiet)
     return int(extra["iteration"])
 
@@ -206,8 +281,12 @@ class CandidateScorer:
     batch_size: int | None
 
     def __call__(self, draws: torch.Tensor, queries: Sequence[Item]) -> torch.Tensor:
-        return candidate_rewards(self.adapter, self.task, queries, self.build(draws), len(draws), self.reward,
-                                 self.meter, self.batch_size)
+        return self.rewards_of(self.build(draws), len(draws), queries)
+
+    def rewards_of(self, candidates: Intervention, n_candidates: int, queries: Sequence[Item]) -> torch.Tensor:
+        """Rewards [n_candidates] of ready-made candidates (per-row vectors or masks)."""
+        return candidate_rewards(self.adapter, self.task, queries, candidates, n_candidates, self.reward, self.meter,
+                                 self.batch_size)
 
 
 def candidate_rewards(

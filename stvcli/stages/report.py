@@ -49,6 +49,33 @@ def reward_curve(curves: dict[str, list[float]], path: Path, window: int = 10) -
     return _save(figure, path)
 
 
+def search_diagnostics(histories: dict[str, dict], diagnostics: dict | None, path: Path) -> Path:
+    """The searches' health: reward mean with its spread across candidates, policy
+    entropy, the share of choices each step changed, and (STV) the reward of the final
+    pick against random picks, the mean vector and no edit at the same locations."""
+    panels = 4 if diagnostics else 3
+    figure, axes = plt.subplots(1, panels, figsize=(4 * panels, 3.2))
+    for name, history in histories.items():
+        mean = torch.tensor(history.get("rewards", []), dtype=torch.float64)
+        spread = torch.tensor(history.get("spread", [float("nan")] * len(mean)), dtype=torch.float64)
+        steps = range(len(mean))
+        axes[0].plot(steps, mean.numpy(), label=name)
+        axes[0].fill_between(steps, (mean - spread).numpy(), (mean + spread).numpy(), alpha=0.2)
+        axes[1].plot(history.get("entropy", []), label=name)
+        axes[2].plot(history.get("changed", []), label=name)
+    for ax, title in zip(axes, ("reward (mean +- spread)", "policy entropy (nats)", "share of choices changed")):
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("iteration")
+        ax.legend(fontsize=7)
+    if diagnostics:
+        rewards = diagnostics["reward"]
+        names = [n for n in ("none", "random", "random_best", "mean", "final") if n in rewards]
+        axes[3].bar(names, [rewards[n] for n in names], color="tab:green")
+        axes[3].set_title(f"STV reward on {diagnostics['queries']} held-out queries", fontsize=9)
+        axes[3].tick_params(axis="x", rotation=30)
+    return _save(figure, path)
+
+
 def accuracy_chart(results: dict, path: Path) -> Path:
     """Accuracy by method with 95% intervals, one panel per task."""
     tasks = results["results"]
@@ -77,12 +104,19 @@ def write_report(workspace: Path, output: Path) -> list[Path]:
     written.append(sensitivity_heatmap(scan["scores"], scan["locations"], output / "sensitivity.png",
                                        f"{model_name} / {scan.settings.get('task')}",
                                        scan.settings.get("sensitivity", "l2")))
-    curves = {}
-    for name, kind in (("stv", "vectors"), ("mtv", "mtv")):
+    curves, histories, diagnostics = {}, {}, None
+    for name, kind in (("stv", "vectors"), ("mtv", "mtv"), ("mtv-add", "mtv-add")):
         if space.exists(kind):
-            curves[name] = space.load(kind).meta["extra"].get("rewards", [])
+            extra = space.load(kind).meta["extra"]
+            curves[name] = extra.get("rewards", [])
+            if extra.get("history"):
+                histories[name] = extra["history"]
+            if kind == "vectors":
+                diagnostics = extra.get("diagnostics") or None
     if any(curves.values()):
         written.append(reward_curve({k: v for k, v in curves.items() if v}, output / "search_rewards.png"))
+    if histories:
+        written.append(search_diagnostics(histories, diagnostics, output / "search_diagnostics.png"))
     results_path = workspace / "results.json"
     if results_path.exists():
         written.append(accuracy_chart(json.loads(results_path.read_text()), output / "accuracy.png"))

@@ -1,12 +1,14 @@
 """Stage 3, the REINFORCE search: one bank vector per location (docs/method.md §4).
 
-Policy: logits theta [K, M] (init 0; empty clusters never drawn), one categorical per
-location, trained by the shared loop (``reinforce``): each iteration draws a batch of
-zero-shot support queries and S samples (one cluster per location), runs every query
-with every sample's vectors inserted, and rewards each sample with minus the
-cross-entropy of the first answer token (or the answer's log-likelihood). Final
-vectors: the per-location argmax of theta, or the best of N draws on a held-out
-support slice. The search checkpoints its state and resumes from it when rerun.
+Policy: logits theta [K, M'] (one categorical per location over its M clusters, plus,
+as options, the location's mean vector and "keep", i.e. no edit), trained by the
+shared loop (``reinforce``): each iteration draws a batch of zero-shot support queries
+and S samples (one choice per location), runs every query with every sample's vectors
+inserted, and rewards each sample with minus the cross-entropy of the first answer
+token (or the answer's log-likelihood). Final vectors: the per-location argmax of
+theta, or the best of N draws, on a held-out support slice; with the mean choice the
+final pick is never worse there than the policy's start (the mean everywhere). The
+search checkpoints its state and resumes from it when rerun.
 """
 
 from __future__ import annotations
@@ -21,22 +23,31 @@ from stvcli.config import ModelOptions
 from stvcli.console import say
 from stvcli.data.loading import load_task_data
 from stvcli.data.options import DataOptions
-from stvcli.errors import StvError
+from stvcli.engine import InsertMode, Intervention
 from stvcli.stages.common import Meter, get_adapter
 from stvcli.stages.config import SearchConfig
-from stvcli.stages.reinforce import CandidateScorer, CategoricalPolicy, Checkpoint, best_draw, reinforce, split_support
+from stvcli.stages.reinforce import (
+    CandidateScorer,
+    CategoricalPolicy,
+    Checkpoint,
+    History,
+    best_draw,
+    reinforce,
+    search_queries,
+)
 from stvcli.vectors import make_intervention
 from stvcli.workspace import Provenance, Workspace
 
 
 @dataclass
 class SearchResult:
-    vectors: torch.Tensor  # [K, D]
-    choices: torch.Tensor  # [K]
-    logits: torch.Tensor  # [K, M]
+    vectors: torch.Tensor  # [K', D] at the locations the final pick edits
+    choices: torch.Tensor  # [K] the final choice at every searched location
+    logits: torch.Tensor  # [K, M'] the policy
     rewards: list[float]  # mean reward per iteration
     reused: bool
     stats: dict[str, Any]
+    diagnostics: dict[str, Any] | None = None
 
 
 def gather_vectors(bank: torch.Tensor, choices: torch.Tensor) -> torch.Tensor:
@@ -51,6 +62,47 @@ def initial_logits(counts: torch.Tensor) -> torch.Tensor:
     return logits
 
 
+@dataclass(frozen=True)
+class Choices:
+    """What the policy picks from at each location: ``vectors`` [K, M', D] (the M
+    clusters, then the mean if offered, then a placeholder row for keep) and the
+    policy's starting logits [K, M']."""
+
+    vectors: torch.Tensor
+    logits: torch.Tensor
+    mean_index: int | None
+    keep_index: int | None
+
+    @classmethod
+    def from_bank(cls, bank: torch.Tensor, counts: torch.Tensor, config: SearchConfig) -> "Choices":
+        vectors, logits = [bank], [initial_logits(counts)]
+        valid = (counts > 0).sum(1, keepdim=True).double()  # [K, 1] choices at logit 0
+        mean_index = keep_index = None
+        if config.keep_choice:
+            valid = valid + 1
+        if config.mean_choice:
+            weights = counts.float().unsqueeze(-1)
+            vectors.append(((bank * weights).sum(1) / weights.sum(1).clamp_min(1))[:, None])
+            # logit a with e^a / (e^a + valid) = mean_prior
+            logits.append(torch.log(config.mean_prior * valid / (1 - config.mean_prior)).float())
+            mean_index = bank.shape[1]
+        if config.keep_choice:
+            vectors.append(torch.zeros_like(bank[:, :1]))
+            logits.append(torch.zeros(bank.shape[0], 1))
+            keep_index = bank.shape[1] + int(config.mean_choice)
+        return cls(torch.cat(vectors, 1), torch.cat(logits, 1), mean_index, keep_index)
+
+    def intervention(self, locations: torch.Tensor, baseline: torch.Tensor, choices: torch.Tensor,
+                     insert: InsertMode) -> Intervention:
+        """Per-row vectors for draws [S, K]; where a draw keeps, that row's head is left as it is."""
+        mask = None if self.keep_index is None else choices != self.keep_index
+        return make_intervention(locations, gather_vectors(self.vectors, choices), baseline, insert, row_mask=mask)
+
+    def everywhere(self, index: int | None) -> torch.Tensor | None:
+        """The draw [K] choosing ``index`` at every location (None when not offered)."""
+        return None if index is None else torch.full((self.vectors.shape[0],), index, dtype=torch.long)
+
+
 def run_search(config: SearchConfig) -> SearchResult:
     """Run (or reuse, or resume) the search and write ``vectors``; rank 0 writes."""
     dist.init()
@@ -59,47 +111,110 @@ def run_search(config: SearchConfig) -> SearchResult:
     bank_artifact, settings, done = start.upstream, start.settings, start.done
     if done is not None:
         extra = done.meta["extra"]
-        return SearchResult(done["vectors"], done["choices"], done["logits"], extra.get("rewards", []), True,
-                            extra.get("stats", {}))
+        return SearchResult(done["vectors"], done.tensors.get("searched_choices", done["choices"]),
+                            done.tensors.get("searched_logits", done["logits"]), extra.get("rewards", []), True,
+                            extra.get("stats", {}), extra.get("diagnostics"))
 
-    bank, locations, baseline = bank_artifact["bank"], bank_artifact["locations"], bank_artifact["baseline"]
+    locations, baseline = bank_artifact["locations"], bank_artifact["baseline"]
+    choices = Choices.from_bank(bank_artifact["bank"], bank_artifact["counts"], config)
     adapter = get_adapter(ModelOptions(**bank_artifact.settings["model"]))
     task_data = load_task_data(DataOptions(**bank_artifact.settings["data"]))
-    holdout, train = split_support(task_data.support, config.seed,
-                                   config.holdout if config.select == "best-of" else 0)
-    if len(train) < config.queries_per_iteration:
-        raise StvError(f"only {len(train)} support items remain for the search; lower --holdout")
+    scan = workspace.load("scan")
+    context_uids = set(scan.meta["extra"].get("query_uids", [])) | set(bank_artifact.meta["extra"].get("context_uids", []))
+    checked = config.select == "best-of" or config.mean_choice
+    queries = search_queries(task_data.support, context_uids, config.seed, config.holdout if checked else 0,
+                             config.queries_per_iteration,
+                             fix="lower --holdout or --queries-per-iteration, scan fewer --queries, build the bank "
+                                 "from fewer --contexts, or give more support data")
+    holdout, train = queries.holdout, queries.train
 
     meter = Meter()
-    score = CandidateScorer(
-        adapter, task_data.task,
-        lambda choices: make_intervention(locations, gather_vectors(bank, choices), baseline, config.insert),
-        config.reward, meter, config.batch_size,
-    )
-    policy = CategoricalPolicy(initial_logits(bank_artifact["counts"]))
+    score = CandidateScorer(adapter, task_data.task,
+                            lambda draws: choices.intervention(locations, baseline, draws, config.insert),
+                            config.reward, meter, config.batch_size)
+    policy = CategoricalPolicy(choices.logits)
     provenance = Provenance.of(bank_artifact)
-    rewards = reinforce(
+    history = reinforce(
         policy, score, train, iterations=config.iterations, samples=config.samples,
         queries_per_iteration=config.queries_per_iteration, lr=config.lr, seed=config.seed, label="search",
         checkpoint=Checkpoint(workspace, "search-state", settings, provenance, config.checkpoint_every),
         quiet=config.quiet,
     )
-    final = policy.greedy()
-    if config.select == "best-of" and holdout:
-        draws = [final] + [policy.sample(1, torch.Generator().manual_seed(config.seed + i))[0]
-                           for i in range(config.best_of - 1)]
-        final = draws[best_draw(torch.stack(draws), holdout, score)]
-    vectors = gather_vectors(bank, final[None])[0]
+    final = select_final(policy, choices, holdout, score, config)
+    diagnostics = diagnose(policy, choices, final, holdout or train[: config.holdout], score, config, history,
+                           locations)
+    written = final != choices.keep_index if choices.keep_index is not None else torch.ones_like(final, dtype=torch.bool)
+    vectors = gather_vectors(choices.vectors, final[None])[0][written]
     logits = policy.logits.detach()
     stats = dist.merge_stats(dist.all_gather_object(meter.summary()))
-    result = SearchResult(vectors, final, logits, rewards, False, stats)
+    result = SearchResult(vectors, final, logits, history.rewards, False, stats, diagnostics)
     if dist.is_main():  # every rank holds the same result; rank 0 writes it
-        workspace.save("vectors", {"vectors": vectors, "locations": locations, "logits": logits, "choices": final,
-                                   "baseline": baseline},
-                       settings=settings, provenance=provenance, seed=config.seed,
-                       extra={"stats": stats, "rewards": rewards})
+        workspace.save(
+            "vectors",
+            {"vectors": vectors, "locations": locations[written], "logits": logits[written],
+             "choices": final[written], "baseline": baseline[written], "searched_locations": locations,
+             "searched_choices": final, "searched_logits": logits},
+            settings=settings, provenance=provenance, seed=config.seed,
+            extra={"stats": stats, "rewards": history.rewards, "history": history.as_dict(),
+                   "diagnostics": diagnostics, "queries": queries.record(),
+                   "choice_indices": {"mean": choices.mean_index, "keep": choices.keep_index}},
+        )
         workspace.discard("search-state")
-        say(f"search: {config.iterations} iterations x {config.samples} samples -> {workspace.path('vectors')}",
+        kept = f", {int((~written).sum())} of {len(final)} locations kept as they are" if choices.keep_index is not None else ""
+        say(f"search: {config.iterations} iterations x {config.samples} samples{kept} -> {workspace.path('vectors')}",
             config.quiet)
     dist.barrier()  # the artifact exists before any rank moves on
     return result
+
+
+def select_final(policy: CategoricalPolicy, choices: Choices, holdout: list, score: CandidateScorer,
+                 config: SearchConfig) -> torch.Tensor:
+    """The final choice per location [K]: the policy's argmax, or with ``best-of`` the
+    best of it and N - 1 draws on the hold-out; with the mean choice the start (the
+    mean everywhere) competes too, so the pick is never worse than it on the hold-out."""
+    candidates = [policy.greedy()]
+    if config.select == "best-of":
+        candidates += [policy.sample(1, torch.Generator().manual_seed(config.seed + i))[0]
+                       for i in range(config.best_of - 1)]
+    start = choices.everywhere(choices.mean_index)
+    if start is not None:
+        candidates.append(start)
+    if len(candidates) == 1 or not holdout:
+        return candidates[0]
+    return candidates[best_draw(torch.stack(candidates), holdout, score)]
+
+
+def diagnose(policy: CategoricalPolicy, choices: Choices, final: torch.Tensor, queries: list, score: CandidateScorer,
+             config: SearchConfig, history: History, locations: torch.Tensor) -> dict[str, Any]:
+    """Mean reward on ``queries`` (the hold-out, else training queries) at the searched
+    locations of: the final pick, 8 uniformly random cluster picks, the mean vector,
+    and no edit (the bare model); "RL no better than random" means the reward is too
+    sparse (docs/method.md §4.7)."""
+    if not queries:
+        return {}
+    n_clusters = choices.vectors.shape[1] - int(choices.mean_index is not None) - int(choices.keep_index is not None)
+    uniform = torch.softmax(choices.logits[:, :n_clusters].isfinite().float().log(), -1)  # [K, M] over non-empty
+    random_draws = torch.multinomial(uniform, 8, replacement=True,
+                                     generator=torch.Generator().manual_seed(config.seed + 99_991)).T
+    named = [("final", final[None]), ("random", random_draws)]
+    if choices.mean_index is not None:
+        named.append(("mean", torch.full((1, len(final)), choices.mean_index, dtype=torch.long)))
+    draws = torch.cat([draw for _, draw in named])
+    rewards = dist.gather_shares(len(draws), lambda a, b: score(draws[a:b], queries)).tolist()
+    reward: dict[str, float] = {}
+    start = 0
+    for name, draw in named:
+        values = rewards[start : start + len(draw)]
+        reward[name] = sum(values) / len(values)
+        if name == "random":
+            reward["random_best"] = max(values)
+        start += len(draw)
+    bare = Intervention(locations, torch.zeros(len(locations), choices.vectors.shape[-1]), "add",
+                        torch.zeros(1, len(locations), dtype=torch.bool))
+    reward["none"] = float(score.rewards_of(bare, 1, queries)[0])
+    return {
+        "queries": len(queries),
+        "reward": reward,
+        "entropy": [history.entropy[0], history.entropy[-1]] if history.entropy else [],
+        "changed_from_start": float((final != choices.logits.argmax(-1)).float().mean()),
+    }

@@ -22,3 +22,17 @@ def test_kmeans_recovers_well_separated_clusters():
 def test_fewer_contexts_than_clusters_is_refused():
     with pytest.raises(StvError, match="at least as many contexts"):
         cluster_locations(torch.rand(4, 1, 3), clusters=8, seed=0)
+
+
+def test_context_queries_avoid_the_kept_ones_and_repeat_evenly():
+    import random
+
+    from stvcli.data.types import Item
+    from stvcli.stages.bank import context_queries
+
+    support = [Item(uid=str(i), question=str(i), answers=("a",)) for i in range(10)]
+    queries = context_queries(support, {"0", "1", "2", "3"}, 14, random.Random(0))
+    uids = [q.uid for q in queries]
+    assert len(uids) == 14 and not set(uids) & {"0", "1", "2", "3"}
+    assert len(set(uids[:6])) == 6  # every fresh query once before any repeats
+    assert sorted(uids.count(u) for u in set(uids)) == [2, 2, 2, 2, 3, 3]

@@ -201,3 +201,96 @@ def test_icl_that_does_not_fit_is_refused(bed, workspace, scanned):
     with pytest.raises(DataError, match="icl:30.*use at most"):
         evaluate_module.run_eval(EvalConfig(workspace=workspace, methods=["icl:30"], limit=2, quiet=True,
                                             model=bed["model"].model_copy(), data=bed["data"]))
+
+
+def test_search_and_mtv_train_on_queries_disjoint_from_the_bank_and_scan_contexts(bed, workspace, scanned):
+    from stvcli.stages.mtv import run_mtv
+
+    run_bank(BankConfig(workspace=workspace, clusters=4, contexts=11, quiet=True))  # 8 kept + 3 new contexts
+    run_search(SearchConfig(workspace=workspace, iterations=2, samples=4, select="best-of", best_of=2, holdout=3,
+                            quiet=True))
+    space = Workspace(workspace)
+    scan_uids = set(space.load("scan").meta["extra"]["query_uids"])
+    context_uids = set(space.load("bank").meta["extra"]["context_uids"])
+    assert len(scan_uids) == 8 and len(context_uids - scan_uids) >= 1  # the bank's extra contexts are recorded
+    queries = space.load("vectors").meta["extra"]["queries"]
+    used = set(queries["train_uids"]) | set(queries["holdout_uids"])
+    assert len(queries["holdout_uids"]) == 3 and queries["excluded"] == len(scan_uids | context_uids)
+    assert not used & (scan_uids | context_uids)
+    support = {item.uid for item in load_task_data(bed["data"]).support}
+    assert used == support - scan_uids - context_uids
+
+    result = run_mtv(workspace, get_adapter(bed["model"]), load_task_data(bed["data"]),
+                     MTVConfig(iterations=2, samples=4, holdout=4, best_of=2), quiet=True)
+    mtv_queries = space.load(result.kind).meta["extra"]["queries"]
+    assert not (set(mtv_queries["train_uids"]) | set(mtv_queries["holdout_uids"])) & scan_uids
+
+
+def test_too_few_support_queries_left_is_a_one_line_error(bed, workspace, scanned):
+    run_bank(BankConfig(workspace=workspace, clusters=4, contexts=8, quiet=True))
+    with pytest.raises(StvError, match="support items remain for the search.*lower --holdout"):
+        run_search(SearchConfig(workspace=workspace, iterations=1, samples=2, select="best-of", holdout=10_000,
+                                quiet=True))
+
+
+def test_mtv_inserts_by_replacement_whatever_stv_uses(bed, workspace, scanned, monkeypatch):
+    run_bank(BankConfig(workspace=workspace, clusters=4, contexts=8, quiet=True))
+    run_search(SearchConfig(workspace=workspace, iterations=1, samples=2, insert="add", quiet=True))
+    seen = []
+    original = evaluate_module.generate
+
+    def spy(adapter, prompts, max_new_tokens, intervention=None):
+        seen.append(intervention)
+        return original(adapter, prompts, max_new_tokens, intervention)
+
+    monkeypatch.setattr(evaluate_module, "generate", spy)
+    report = evaluate_module.run_eval(EvalConfig(
+        workspace=workspace, methods=["stv", "mtv", "mtv-add"], insert="add", limit=2, quiet=True, batch_size=2,
+        mtv=MTVConfig(iterations=1, samples=2, holdout=2, best_of=2)))
+    stv, mtv, mtv_add = seen
+    assert (stv.mode, mtv.mode, mtv_add.mode) == ("add", "replace", "add")
+    space = Workspace(workspace)
+    assert space.load("mtv").settings["insert"] == "replace" and space.load("mtv-add").settings["insert"] == "add"
+    paired = report["paired"]["vqa"]
+    assert set(paired) == {"stv - mtv", "stv - mtv-add"} and paired["stv - mtv"]["n"] == 2
+    table = evaluate_module.markdown_table(report)
+    assert "STV - MTV:" in table and "build forwards" in table
+
+
+def test_mean_and_keep_choices_start_from_the_mean_and_never_end_worse_on_the_holdout(bed, workspace, scanned,
+                                                                                      tmp_path):
+    from stvcli.stages.report import write_report
+
+    run_bank(BankConfig(workspace=workspace, clusters=4, contexts=8, quiet=True))
+    result = run_search(SearchConfig(workspace=workspace, iterations=3, samples=4, queries_per_iteration=2,
+                                     mean_choice=True, keep_choice=True, mean_prior=0.5, holdout=4, quiet=True))
+    vectors = Workspace(workspace).load("vectors")
+    extra = vectors.meta["extra"]
+    assert extra["choice_indices"] == {"mean": 4, "keep": 5}
+    assert vectors["searched_logits"].shape == (5, 6) and result.logits.shape == (5, 6)
+    written = vectors["searched_choices"] != 5
+    assert torch.equal(vectors["locations"], vectors["searched_locations"][written])
+    assert len(vectors["vectors"]) == int(written.sum())
+    reward = extra["diagnostics"]["reward"]
+    assert {"final", "random", "random_best", "mean", "none"} <= set(reward)
+    assert extra["diagnostics"]["queries"] == 4
+    assert reward["final"] >= reward["mean"] - 1e-6  # the start (mean everywhere) competed on the same hold-out
+    history = extra["history"]
+    assert len(history["rewards"]) == len(history["entropy"]) == len(history["changed"]) == 3
+    assert all(0 <= share <= 1 for share in history["changed"])
+    pictures = write_report(workspace, tmp_path / "pictures")
+    assert (tmp_path / "pictures" / "search_diagnostics.png") in pictures
+
+
+def test_the_mean_choice_starts_with_its_prior():
+    from stvcli.stages.config import SearchConfig as Config
+    from stvcli.stages.search import Choices
+
+    bank, counts = torch.randn(2, 3, 4), torch.tensor([[2, 1, 0], [1, 1, 1]])
+    choices = Choices.from_bank(bank, counts, Config(workspace="w", mean_choice=True, keep_choice=True,
+                                                     mean_prior=0.25))
+    probs = torch.softmax(choices.logits, -1)
+    assert torch.allclose(probs[:, 3], torch.tensor([0.25, 0.25]))
+    assert probs[0, 2] == 0  # the empty cluster stays impossible
+    assert torch.allclose(choices.vectors[0, 3], (bank[0, 0] * 2 + bank[0, 1]) / 3)
+    assert (choices.mean_index, choices.keep_index) == (3, 4)

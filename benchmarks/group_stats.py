@@ -69,7 +69,7 @@ def main() -> None:
             zero = [bed.task.build_prompt(q) for q in queries]
             many = many_shot_prompts(bed.task, queries, bed.pool, args.shots, rng, group_size=g)
             swept = scan_pass(bed.adapter, zero, many, Meter(), None, keep=0, group_size=g)
-            scores[(g, seed)] = swept.query_scores.mean(0)
+            scores[(g, seed)] = swept.query_scores["l2"].mean(0)
             print(f"  G {g} seed {seed}: {time.perf_counter() - start:.0f} s", flush=True)
     rows = []
     for g in groups:

@@ -379,7 +379,7 @@ def memory_section(quick: bool) -> dict[str, Any]:
         zero = [task.build_prompt(q) for q in queries]
         many = many_shot_prompts(task, queries, pool, shots, rng)
         swept = scan_pass(adapter, zero, many, Meter(), BATCH, keep=t)
-        locations = top_locations(swept.query_scores.mean(0), k)
+        locations = top_locations(swept.query_scores["l2"].mean(0), k)
         kept = swept.kept[:, locations[:, 0], locations[:, 1]].contiguous()
         del swept
         cluster_locations(kept, 8, 0, niter=5)

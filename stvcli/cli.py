@@ -201,7 +201,8 @@ def scan_command(
     group_size: Annotated[int, typer.Option("--group-size", help="Queries sharing one sampled demonstration set (its prefix runs once); 1 = the paper's independent sampling.")] = 1,
     top_k: Annotated[Optional[int], typer.Option("--top-k", help="Heads kept.")] = None,
     top_frac: Annotated[Optional[float], typer.Option("--top-frac", help="Heads kept, as a fraction of all heads (default 300/1024).")] = None,
-    sensitivity: Annotated[str, typer.Option("--sensitivity", help="l2 (paper) | relative (delta / own norm)")] = "l2",
+    sensitivity: Annotated[str, typer.Option("--sensitivity", help="l2 (paper) | relative (delta / own norm) | layer (delta / its layer's mean delta)")] = "l2",
+    auto: Annotated[bool, typer.Option("--auto", help="Choose the sensitivity and K by the reward of the mean vectors on support queries the scan did not use (recorded in the artifact).")] = False,
     seed: int = 0,
     batch_size: BatchOpt = "auto",
     dtype: DtypeOpt = "auto",
@@ -227,7 +228,8 @@ def scan_command(
         data=data_options(data, task, eval_data, image_root, columns, seed, eval_limit, support_split, eval_split,
                           revision, support_limit),
         workspace=workspace, shots=shots, queries=queries, group_size=group_size, top_k=top_k, top_frac=top_frac,
-        sensitivity=sensitivity, seed=seed, batch_size=parse_batch_size(batch_size), force=force, quiet=quiet,
+        sensitivity=sensitivity, auto=auto, seed=seed, batch_size=parse_batch_size(batch_size), force=force,
+        quiet=quiet,
     )
     result = run_scan(config)
     emit({"stage": "scan", "reused": result.reused, "locations": result.locations.tolist()[:20],
@@ -239,7 +241,7 @@ def scan_command(
 def bank_command(
     workspace: Workspace,
     clusters: Annotated[int, typer.Option("--clusters", help="k-means clusters per location (M).")] = 32,
-    contexts: Annotated[int, typer.Option("--contexts", help="Many-shot contexts clustered (T >= M).")] = 100,
+    contexts: Annotated[Optional[int], typer.Option("--contexts", help="Many-shot contexts clustered (T >= M; default 8 x --clusters, the scan's kept contexts first).")] = None,
     seed: int = 0,
     batch_size: BatchOpt = "auto",
     force: ForceOpt = False,
@@ -267,6 +269,11 @@ def search_command(
     reward: Annotated[str, typer.Option("--reward", help="first-token (paper) | answer (answer log-likelihood)")] = "first-token",
     insert: InsertOpt = "replace",
     select: Annotated[str, typer.Option("--select", help="argmax (paper) | best-of (best of --best-of draws on held-out support items)")] = "argmax",
+    holdout: Annotated[int, typer.Option("--holdout", help="Support items held out for best-of selection, the start check and the diagnostics.")] = 50,
+    mean_choice: Annotated[bool, typer.Option("--mean-choice/--no-mean-choice", help="Offer each location's mean vector as a choice; the policy starts there (--mean-prior) and its pick is checked against it.")] = False,
+    keep_choice: Annotated[bool, typer.Option("--keep-choice/--no-keep-choice", help="Offer 'keep' (no edit) at each location, so the search can switch heads off.")] = False,
+    mean_prior: Annotated[float, typer.Option("--mean-prior", help="Starting probability of the mean choice.")] = 0.5,
+    auto: Annotated[bool, typer.Option("--auto", help="Choose the insertion on held-out support items and search with the mean and keep choices (recorded in the artifact).")] = False,
     seed: int = 0,
     batch_size: BatchOpt = "auto",
     force: ForceOpt = False,
@@ -279,7 +286,8 @@ def search_command(
 
     result = run_search(SearchConfig(
         workspace=workspace, iterations=iterations, samples=samples, lr=lr,
-        queries_per_iteration=queries_per_iteration, reward=reward, insert=insert, select=select, seed=seed,
+        queries_per_iteration=queries_per_iteration, reward=reward, insert=insert, select=select, holdout=holdout,
+        mean_choice=mean_choice, keep_choice=keep_choice, mean_prior=mean_prior, auto=auto, seed=seed,
         batch_size=parse_batch_size(batch_size), force=force, quiet=quiet))
     emit({"stage": "search", "reused": result.reused, "final_reward": result.rewards[-1] if result.rewards else None,
           "stats": result.stats, "artifact": str(workspace / "vectors.safetensors")}, as_json)

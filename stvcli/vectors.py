@@ -39,7 +39,7 @@ class TaskVectors:
             locations=artifact["locations"].long(),
             vectors=artifact["vectors"].float(),
             baseline=artifact.tensors.get("baseline"),
-            mode=settings.get("insert", "replace"),
+            mode=artifact.meta.get("extra", {}).get("insert") or settings.get("insert", "replace"),
             model=str(artifact.meta.get("model")),
             fingerprint=artifact.fingerprint,
             task=str(settings.get("task", "task")),

@@ -60,7 +60,7 @@ def test_stage_without_upstream_is_one_line(tmp_path):
         (["scan", "--model", "m", "-w", "W", "--task", "text", "--data", "/nope/data.jsonl"], "no such file"),
         (["scan", "--model", "m", "-w", "W", "--task", "nonexistent-task"], "nonexistent-task"),
         (["demo", "-w", "W", "--insert", "foo"], "'replace' or 'add'"),
-        (["demo", "-w", "W", "--sensitivity", "foo"], "'l2' or 'relative'"),
+        (["demo", "-w", "W", "--sensitivity", "foo"], "'l2', 'relative' or 'layer'"),
     ],
 )
 def test_user_mistakes_are_one_line(tmp_path, args, fragment):

@@ -23,7 +23,7 @@ from stvcli.data.options import DataOptions
 from stvcli.data.types import Item
 from stvcli.errors import StvError
 from stvcli.stages.common import Meter, get_adapter
-from stvcli.stages.config import BankConfig
+from stvcli.stages.config import CONTEXTS_PER_CLUSTER, BankConfig
 from stvcli.stages.scan import capture_prompts, many_shot_prompts
 from stvcli.workspace import Provenance, Workspace
 
@@ -78,6 +78,9 @@ def run_bank(config: BankConfig) -> BankResult:
     forwards (under torchrun split across ranks); rank 0 clusters and writes the bank.
     """
     dist.init()
+    if config.contexts is None:
+        config = config.model_copy(update={"contexts": CONTEXTS_PER_CLUSTER * config.clusters})
+    assert config.contexts is not None
     if config.contexts < config.clusters:
         raise StvError(
             f"--contexts {config.contexts} is below --clusters {config.clusters}; k-means needs T >= M "

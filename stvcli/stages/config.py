@@ -11,7 +11,7 @@ from stvcli.config import ModelOptions
 from stvcli.data.options import DataOptions
 from stvcli.engine import InsertMode
 
-Sensitivity = Literal["l2", "relative"]
+Sensitivity = Literal["l2", "relative", "layer"]
 
 
 class Settings(BaseModel):
@@ -49,6 +49,11 @@ class ScanConfig(StageOptions):
     # independent sampling; G > 1 encodes each set's prefix once for G queries (faster,
     # fewer independent demonstration sets: see docs/benchmarks.md).
     group_size: int = Field(default=1, ge=1)
+    # Pick the sensitivity and K (and suggest the insertion) by the reward of writing the
+    # many-shot mean at each candidate's locations, on support queries the scan did not
+    # use (docs/method.md §2.7); --sensitivity and --top-k/--top-frac then seed the grid.
+    auto: bool = False
+    auto_queries: int = Field(default=32, ge=1)
 
     @model_validator(mode="after")
     def _one_k(self) -> "ScanConfig":
@@ -61,9 +66,14 @@ class ScanConfig(StageOptions):
         return self
 
 
+#: Default many-shot contexts per centroid (T = 8 M): with T ~ 3 M a centroid averages
+#: about three contexts and is little more than one context's noise.
+CONTEXTS_PER_CLUSTER = 8
+
+
 class BankConfig(StageOptions):
     clusters: int = 32
-    contexts: int = 100
+    contexts: int | None = None  # None: CONTEXTS_PER_CLUSTER x clusters
     seed: int = 0
     niter: int = 25
 
@@ -86,6 +96,9 @@ class SearchConfig(StageOptions):
     mean_choice: bool = False
     keep_choice: bool = False
     mean_prior: float = Field(default=0.5, gt=0, lt=1)
+    # Pick the insertion (add or replace) by the hold-out reward of the mean vectors and
+    # search with the mean and keep choices, best-of selection (docs/method.md §4.8).
+    auto: bool = False
     checkpoint_every: int = 25
     seed: int = 0
 

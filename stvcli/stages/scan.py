@@ -54,14 +54,21 @@ def sensitivity_scores(zero: torch.Tensor, many: torch.Tensor, mode: str = "l2")
     """Per-query sensitivity of every head.
 
     zero, many: [N, L, H, D] activations of the zero-shot and many-shot prompts.
-    Returns [N, L, H]: ||many - zero|| (l2) or ||many - zero|| / ||zero|| (relative).
+    Returns [N, L, H]: ||many - zero|| (l2), ||many - zero|| / ||zero|| (relative), or
+    ||many - zero|| over its layer's mean of that over heads (layer: every layer's
+    heads compete among themselves, so no layer dominates by scale).
     """
     delta = torch.linalg.vector_norm(many - zero, dim=-1)
     if mode == "relative":
         return delta / torch.linalg.vector_norm(zero, dim=-1).clamp_min(1e-6)
+    if mode == "layer":
+        return delta / delta.mean(-1, keepdim=True).clamp_min(1e-6)
     if mode != "l2":
         raise ValueError(f"unknown sensitivity {mode!r}")
     return delta
+
+
+SENSITIVITIES = ("l2", "relative", "layer")
 
 
 def top_locations(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -143,43 +150,46 @@ def capture_grouped(
 class ScanPass:
     """What the scan keeps of its forwards (never all [N, L, H, D] activations)."""
 
-    query_scores: torch.Tensor  # [N, L, H] per-query sensitivity
+    query_scores: dict[str, torch.Tensor]  # sensitivity -> [N, L, H] per-query scores
     zero_sum: torch.Tensor  # [L, H, D] sum of the zero-shot activations
     many_sum: torch.Tensor  # [L, H, D] sum of the many-shot activations
     kept: torch.Tensor  # [min(N, keep), L, H, D] many-shot rows of the first ``keep`` queries
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        return {"query_scores": self.query_scores, "zero_sum": self.zero_sum, "many_sum": self.many_sum,
-                "kept": self.kept}
+        return {**{f"scores_{mode}": scores for mode, scores in self.query_scores.items()},
+                "zero_sum": self.zero_sum, "many_sum": self.many_sum, "kept": self.kept}
 
 
 def scan_pass(
     adapter: ModelAdapter, zero_prompts, many_prompts, meter: Meter, batch_size, keep: int,
-    sensitivity: str = "l2", group_size: int = 1, on_batch=None, first_index: int = 0,
+    group_size: int = 1, on_batch=None, first_index: int = 0,
 ) -> ScanPass:
     """Zero- and many-shot forwards of every query, streamed: a chunk of queries at a time
     (the batch size, rounded to whole groups), folded into running sums and per-query
-    scores, so memory holds one chunk plus ``keep`` many-shot rows, whatever N is."""
+    scores under every sensitivity, so memory holds one chunk plus ``keep`` many-shot
+    rows, whatever N is."""
     n = len(zero_prompts)
     shape = (adapter.n_layers, adapter.n_heads, adapter.head_dim)
     chunk = batch_size or default_batch_size()
     if group_size > 1:
         chunk = max(group_size, chunk // group_size * group_size)
-    scores, kept = [], []
+    scores: dict[str, list[torch.Tensor]] = {mode: [] for mode in SENSITIVITIES}
+    kept = []
     zero_sum, many_sum = torch.zeros(shape), torch.zeros(shape)
     for start in range(0, n, chunk):
         stop = min(n, start + chunk)
         zero = capture_prompts(adapter, zero_prompts[start:stop], meter, batch_size, on_batch=on_batch)
         many = capture_grouped(adapter, many_prompts[start:stop], meter, batch_size, group_size, on_batch=on_batch,
                                first_index=first_index + start)
-        scores.append(sensitivity_scores(zero, many, sensitivity))
+        for mode in SENSITIVITIES:
+            scores[mode].append(sensitivity_scores(zero, many, mode))
         zero_sum += zero.sum(0)
         many_sum += many.sum(0)
         if start < keep:
             kept.append(many[: keep - start].clone())
         del zero, many
     return ScanPass(
-        torch.cat(scores) if scores else torch.zeros(0, *shape[:2]),
+        {mode: torch.cat(parts) if parts else torch.zeros(0, *shape[:2]) for mode, parts in scores.items()},
         zero_sum,
         many_sum,
         torch.cat(kept) if kept else torch.zeros(0, *shape),
@@ -234,7 +244,7 @@ def run_scan(config: ScanConfig, task_data: TaskData | None = None) -> ScanResul
         with progress(config.quiet) as bar:
             job = bar.add_task(label, total=2 * (stop - start))
             swept = scan_pass(adapter, zero_prompts[start:stop], many_prompts[start:stop], meter, config.batch_size,
-                              max(0, min(stop, config.keep_contexts) - start), config.sensitivity, config.group_size,
+                              max(0, min(stop, config.keep_contexts) - start), config.group_size,
                               on_batch=lambda n: bar.advance(job, n), first_index=start)
         return swept.tensors(), meter.summary()
 
@@ -249,7 +259,17 @@ def _write_scan(workspace: Workspace, config: ScanConfig, adapter: ModelAdapter,
                 settings: dict[str, Any], queries: list[Item], k: int, shares: Shares) -> ScanResult:
     """Merge the shares (query order) into the ``scan`` and ``activations`` artifacts."""
     n = len(queries)
-    per_query = shares.cat("query_scores")  # [N, L, H]
+    zero_mean, many_mean = shares.sum("zero_sum") / n, shares.sum("many_sum") / n  # [L, H, D]
+    by_mode = {mode: shares.cat(f"scores_{mode}") for mode in SENSITIVITIES}  # [N, L, H] each
+    auto = None
+    sensitivity = config.sensitivity
+    if config.auto:
+        from stvcli.stages.auto import choose_locations
+
+        auto = choose_locations(adapter, task_data, {m: v.mean(0) for m, v in by_mode.items()}, zero_mean, many_mean,
+                                k, {q.uid for q in queries}, config)
+        sensitivity, k = auto["chosen"]["sensitivity"], auto["chosen"]["top_k"]
+    per_query = by_mode[sensitivity]
     scores = per_query.mean(0)
     locations = top_locations(scores, k)
     kept = shares.cat("kept")[:, locations[:, 0], locations[:, 1]]  # [T, K, D]
@@ -262,16 +282,18 @@ def _write_scan(workspace: Workspace, config: ScanConfig, adapter: ModelAdapter,
         {
             "scores": scores,
             "locations": locations,
-            "zero_mean": shares.sum("zero_sum") / n,  # [L, H, D]
-            "many_mean": shares.sum("many_sum") / n,  # [L, H, D]
+            "zero_mean": zero_mean,
+            "many_mean": many_mean,
             "query_scores": per_query,
         },
         settings=settings,
         provenance=provenance,
         seed=config.seed,
-        extra={"stats": shares.stats, "n_queries": n, "query_uids": [q.uid for q in queries]},
+        extra={"stats": shares.stats, "n_queries": n, "query_uids": [q.uid for q in queries],
+               "sensitivity": sensitivity, "top_k": k, **({"auto": auto} if auto else {})},
     )
     ranks = f" on {dist.world_size()} ranks" if dist.world_size() > 1 else ""
-    say(f"scan: {n} queries x 2 forwards{ranks}, top {k} of {scores.numel()} heads -> {workspace.path('scan')}",
-        config.quiet)
+    chosen = f" ({sensitivity}, chosen by --auto: {auto['why']})" if auto else ""
+    say(f"scan: {n} queries x 2 forwards{ranks}, top {k} of {scores.numel()} heads{chosen} -> "
+        f"{workspace.path('scan')}", config.quiet)
     return ScanResult(scores, locations, False, shares.stats)

@@ -32,6 +32,7 @@ from stvcli.stages.reinforce import (
     Checkpoint,
     History,
     best_draw,
+    candidate_rewards,
     reinforce,
     search_queries,
 )
@@ -116,12 +117,11 @@ def run_search(config: SearchConfig) -> SearchResult:
                             extra.get("stats", {}), extra.get("diagnostics"))
 
     locations, baseline = bank_artifact["locations"], bank_artifact["baseline"]
-    choices = Choices.from_bank(bank_artifact["bank"], bank_artifact["counts"], config)
     adapter = get_adapter(ModelOptions(**bank_artifact.settings["model"]))
     task_data = load_task_data(DataOptions(**bank_artifact.settings["data"]))
     scan = workspace.load("scan")
     context_uids = set(scan.meta["extra"].get("query_uids", [])) | set(bank_artifact.meta["extra"].get("context_uids", []))
-    checked = config.select == "best-of" or config.mean_choice
+    checked = config.select == "best-of" or config.mean_choice or config.auto
     queries = search_queries(task_data.support, context_uids, config.seed, config.holdout if checked else 0,
                              config.queries_per_iteration,
                              fix="lower --holdout or --queries-per-iteration, scan fewer --queries, build the bank "
@@ -129,6 +129,12 @@ def run_search(config: SearchConfig) -> SearchResult:
     holdout, train = queries.holdout, queries.train
 
     meter = Meter()
+    auto = None
+    if config.auto:
+        auto = _auto_options(adapter, task_data.task, bank_artifact, holdout or train[: config.holdout], config, meter)
+        config = config.model_copy(update={"insert": auto["insert"], "mean_choice": True, "keep_choice": True,
+                                           "select": "best-of"})
+    choices = Choices.from_bank(bank_artifact["bank"], bank_artifact["counts"], config)
     score = CandidateScorer(adapter, task_data.task,
                             lambda draws: choices.intervention(locations, baseline, draws, config.insert),
                             config.reward, meter, config.batch_size)
@@ -157,7 +163,8 @@ def run_search(config: SearchConfig) -> SearchResult:
             settings=settings, provenance=provenance, seed=config.seed,
             extra={"stats": stats, "rewards": history.rewards, "history": history.as_dict(),
                    "diagnostics": diagnostics, "queries": queries.record(),
-                   "choice_indices": {"mean": choices.mean_index, "keep": choices.keep_index}},
+                   "choice_indices": {"mean": choices.mean_index, "keep": choices.keep_index},
+                   "insert": config.insert, **({"auto": auto} if auto else {})},
         )
         workspace.discard("search-state")
         kept = f", {int((~written).sum())} of {len(final)} locations kept as they are" if choices.keep_index is not None else ""
@@ -165,6 +172,26 @@ def run_search(config: SearchConfig) -> SearchResult:
             config.quiet)
     dist.barrier()  # the artifact exists before any rank moves on
     return result
+
+
+def _auto_options(adapter, task, bank_artifact, queries: list, config: SearchConfig, meter: Meter) -> dict[str, Any]:
+    """``--auto``: the insertion under which the bank's mean vectors do best on ``queries``;
+    the mean and keep choices and best-of selection are then on (their start check makes
+    the final pick no worse than the mean on the hold-out)."""
+    from stvcli.stages.auto import choose_insert
+
+    bank, counts = bank_artifact["bank"], bank_artifact["counts"]
+    weights = counts.float().unsqueeze(-1)
+    means = (bank * weights).sum(1) / weights.sum(1).clamp_min(1)  # [K, D]
+    rewards = {}
+    for mode in ("add", "replace"):
+        candidate = make_intervention(bank_artifact["locations"], means, bank_artifact["baseline"], mode)
+        rewards[mode] = float(candidate_rewards(adapter, task, queries, candidate, 1, config.reward, meter,
+                                                config.batch_size)[0])
+    choice = choose_insert(rewards)
+    choice["why"] += "; mean and keep choices on, best-of selection"
+    say(f"search: --auto chose {choice['insert']} insertion: {choice['why']}", config.quiet)
+    return choice
 
 
 def select_final(policy: CategoricalPolicy, choices: Choices, holdout: list, score: CandidateScorer,

@@ -294,3 +294,22 @@ def test_the_mean_choice_starts_with_its_prior():
     assert probs[0, 2] == 0  # the empty cluster stays impossible
     assert torch.allclose(choices.vectors[0, 3], (bank[0, 0] * 2 + bank[0, 1]) / 3)
     assert (choices.mean_index, choices.keep_index) == (3, 4)
+
+
+def test_auto_scan_and_search_choose_on_support_data_and_say_why(bed, workspace):
+    scan = run_scan(scan_config(bed, workspace, auto=True, auto_queries=6))
+    extra = Workspace(workspace).load("scan").meta["extra"]
+    auto = extra["auto"]
+    assert auto["queries"] == 6 and len(auto["candidates"]) == 3 * 3 * 2  # sensitivities x K x insertions
+    chosen = auto["chosen"]
+    assert auto["candidates"][0]["reward"] == max(row["reward"] for row in auto["candidates"])
+    assert (extra["sensitivity"], extra["top_k"]) == (chosen["sensitivity"], chosen["top_k"])
+    assert len(scan.locations) == chosen["top_k"] and "unused support queries" in auto["why"]
+    run_bank(BankConfig(workspace=workspace, clusters=4, contexts=8, quiet=True))
+    run_search(SearchConfig(workspace=workspace, iterations=2, samples=4, holdout=4, auto=True, quiet=True))
+    vectors = Workspace(workspace).load("vectors").meta["extra"]
+    assert vectors["auto"]["insert"] in ("add", "replace") and set(vectors["auto"]["rewards"]) == {"add", "replace"}
+    assert vectors["insert"] == vectors["auto"]["insert"] and vectors["choice_indices"]["keep"] is not None
+    from stvcli.vectors import TaskVectors
+
+    assert TaskVectors.load(Workspace(workspace).path("vectors")).mode == vectors["auto"]["insert"]

@@ -35,3 +35,10 @@ def test_top_locations_best_first_with_stable_ties():
 def test_unknown_sensitivity_mode():
     with pytest.raises(ValueError):
         sensitivity_scores(torch.zeros(1, 1, 1, 1), torch.zeros(1, 1, 1, 1), "cosine")
+
+
+def test_layer_sensitivity_divides_by_the_layers_mean_delta():
+    zero = torch.zeros(1, 2, 2, 1)
+    many = torch.tensor([[[[1.0], [3.0]], [[10.0], [30.0]]]])  # layer 1 has 10x the deltas of layer 0
+    layer = sensitivity_scores(zero, many, "layer")[0]
+    assert torch.allclose(layer, torch.tensor([[0.5, 1.5], [0.5, 1.5]]))  # both layers' heads on one scale

@@ -95,7 +95,8 @@ def test_streamed_scan_pass_equals_holding_everything(bed):
     swept = scan_pass(adapter, zero_prompts, many_prompts, Meter(), 3, keep=4)
     zero = capture_prompts(adapter, zero_prompts, Meter(), 3)
     many = capture_prompts(adapter, many_prompts, Meter(), 3)
-    assert torch.equal(swept.query_scores, sensitivity_scores(zero, many))
+    for mode in ("l2", "relative", "layer"):
+        assert torch.equal(swept.query_scores[mode], sensitivity_scores(zero, many, mode)), mode
     assert torch.allclose(swept.zero_sum, zero.sum(0), atol=1e-5)
     assert torch.allclose(swept.many_sum, many.sum(0), atol=1e-5)
     assert torch.equal(swept.kept, many[:4])

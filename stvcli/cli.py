@@ -391,8 +391,8 @@ def demo_command(
     backbone: Annotated[str, typer.Option("--backbone", help="smollm2 | gemma3")] = "",
     workspace: Annotated[Path, typer.Option("--workspace", "-w")] = Path("runs/demo"),
     quick: Annotated[bool, typer.Option("--quick", help="Tiny settings for a smoke run (a few minutes).")] = False,
-    sensitivity: Annotated[str, typer.Option("--sensitivity", help="l2 (paper; demo default) | relative")] = "",
-    insert: Annotated[str, typer.Option("--insert", help="add (demo default, measured best) | replace (paper)")] = "",
+    sensitivity: Annotated[str, typer.Option("--sensitivity", help="l2 (paper) | relative | layer (default: chosen by scan --auto)")] = "",
+    insert: Annotated[str, typer.Option("--insert", help="replace (paper) | add (default: chosen by search --auto)")] = "",
     mtv_iterations: Annotated[
         int | None, typer.Option("--mtv-iterations", min=1, help="MTV REINFORCE iterations (demo: 100; paper: 600).")
     ] = None,

@@ -19,14 +19,11 @@ from stvcli.engine import InsertMode
 from stvcli.stages.common import get_adapter
 from stvcli.stages.config import Sensitivity
 
-# Measured (docs/shapes.md, benchmarks/results/options_gemma3/): on Gemma-3-270m the
-# paper's L2 sensitivity with add insertion is best or tied on 6 of the 8 tasks where
-# any setting works (shapes-shape: 96.7% vs 55.0% with replace); relative sensitivity
-# fails on shapes-color (10%). SmolLM2-135M shows almost no effect (docs/shapes.md).
+# The demo lets --auto choose the sensitivity and K (scan) and the insertion with the
+# mean and keep choices (search) on support data (docs/method.md §2.7, §4.8; measured
+# in docs/results.md). --sensitivity / --insert fix that stage's choice instead.
 DEFAULT_TASK = "shapes-shape"
 DEFAULT_BACKBONE = "gemma3"
-DEFAULT_SENSITIVITY: Sensitivity = "l2"
-DEFAULT_INSERT: InsertMode = "add"
 DEFAULT_TOP_FRAC = 16 / 72  # 16 of Gemma-3-270m's 18 x 4 heads
 
 
@@ -40,9 +37,9 @@ class DemoConfig(BaseModel):
     force: bool = False
     quiet: bool = False
     seed: int = 0
-    sensitivity: Sensitivity = DEFAULT_SENSITIVITY
+    sensitivity: Sensitivity | None = None  # None: --auto chooses (checked here, before any stage runs)
     top_frac: float = DEFAULT_TOP_FRAC
-    insert: InsertMode = DEFAULT_INSERT  # checked here, before any stage runs
+    insert: InsertMode | None = None  # None: --auto chooses
     max_icl_shots: int = 32  # cap for icl:max (the shapes prompts are short; see docs/shapes.md)
     mtv_iterations: int | None = None  # None: the demo's size (the paper uses 600)
 
@@ -50,9 +47,9 @@ class DemoConfig(BaseModel):
 def demo_sizes(quick: bool) -> dict[str, int]:
     if quick:
         return dict(shots=8, queries=16, contexts=16, clusters=4, iterations=8, samples=8, mtv_iterations=8,
-                    eval_items=24)
-    return dict(shots=8, queries=48, contexts=48, clusters=16, iterations=40, samples=16, mtv_iterations=100,
-                eval_items=60)
+                    eval_items=24, holdout=8)
+    return dict(shots=8, queries=32, contexts=32, clusters=16, iterations=40, samples=16, mtv_iterations=100,
+                eval_items=60, holdout=50)
 
 
 def run_demo(config: DemoConfig) -> dict[str, Any]:
@@ -80,11 +77,12 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     task_data = load_task_data(data)
     common = dict(workspace=config.workspace, force=config.force, quiet=config.quiet)
     run_scan(ScanConfig(model=model, data=data, shots=sizes["shots"], queries=sizes["queries"], seed=config.seed,
-                        sensitivity=config.sensitivity, top_frac=config.top_frac, keep_contexts=sizes["contexts"],
+                        sensitivity=config.sensitivity or "l2", auto=config.sensitivity is None,
+                        top_frac=config.top_frac, keep_contexts=sizes["contexts"],
                         **common), task_data)
-    run_bank(BankConfig(clusters=sizes["clusters"], contexts=sizes["contexts"], seed=config.seed, **common))
-    run_search(SearchConfig(iterations=sizes["iterations"], samples=sizes["samples"], insert=config.insert,
-                            seed=config.seed, **common))
+    run_bank(BankConfig(clusters=sizes["clusters"], seed=config.seed, **common))
+    run_search(SearchConfig(iterations=sizes["iterations"], samples=sizes["samples"], insert=config.insert or "replace",
+                            auto=config.insert is None, holdout=sizes["holdout"], seed=config.seed, **common))
 
     adapter = get_adapter(model)
     task = task_data.task

@@ -45,9 +45,11 @@ def test_demo_runs_every_stage_and_method(tmp_path, tiny_shapes_model) -> None:
     for name in ("scan", "bank", "vectors", "mtv"):
         assert (workspace / f"{name}.safetensors").exists()
     assert load_artifact(workspace / "mtv.safetensors", "mtv").settings["iterations"] == 3
-    # the measured demo defaults (docs/shapes.md): the paper's L2 sensitivity, add insertion
-    assert load_artifact(workspace / "scan.safetensors", "scan").settings["sensitivity"] == "l2"
-    assert load_artifact(workspace / "vectors.safetensors", "vectors").settings["insert"] == "add"
+    # the demo's default: --auto on scan and search, its choices recorded with the reasons
+    scan = load_artifact(workspace / "scan.safetensors", "scan")
+    assert scan.settings["auto"] and scan.meta["extra"]["auto"]["why"]
+    vectors = load_artifact(workspace / "vectors.safetensors", "vectors")
+    assert vectors.settings["auto"] and vectors.meta["extra"]["insert"] == vectors.meta["extra"]["auto"]["insert"]
     written = json.loads((workspace / "results.json").read_text())
     assert written["results"] == json.loads(json.dumps(report["results"]))
     assert (workspace / "sensitivity.png").exists() and (workspace / "accuracy.png").exists()

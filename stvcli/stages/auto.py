@@ -41,10 +41,15 @@ def choose_locations(adapter: ModelAdapter, task_data: TaskData, scores: dict[st
     queries = random.Random(f"auto:{config.seed}").sample(pool, min(config.auto_queries, len(pool)))
     n_layers, n_heads = scores["l2"].shape
     sizes = sorted({max(1, k // 2), k, min(n_layers * n_heads, 2 * k)})
-    sets = [(mode, size, top_locations(scores[mode], size)) for mode in SENSITIVITIES for size in sizes]
     meter = Meter()
     rows = []
+    causal: dict[str, torch.Tensor] = {}
     for insert in INSERTS:
+        causal[insert] = causal_scores(adapter, task_data, queries, scores, 2 * max(sizes), zero_mean, many_mean,
+                                       insert, meter, config.batch_size)
+        by_mode = {**scores, "causal": causal[insert]}
+        sets = [(mode, size, top_locations(by_mode[mode], size)) for mode in (*SENSITIVITIES, "causal")
+                for size in sizes]
         rewards = location_set_rewards(adapter, task_data, queries, [locations for *_, locations in sets],
                                        zero_mean, many_mean, insert, meter, config.batch_size)
         rows += [{"sensitivity": mode, "top_k": size, "insert": insert, "reward": float(reward)}
@@ -58,7 +63,23 @@ def choose_locations(adapter: ModelAdapter, task_data: TaskData, scores: dict[st
            + (f"; best {runner_up['sensitivity']}: {runner_up['reward']:.3f})" if runner_up else ")"))
     return {"chosen": {key: best[key] for key in ("sensitivity", "top_k", "insert")}, "why": why,
             "candidates": rows, "zero_shot_reward": zero_shot, "queries": len(queries),
-            "forwards": meter.forwards}
+            "forwards": meter.forwards, "causal_scores": causal[best["insert"]]}
+
+
+def causal_scores(adapter: ModelAdapter, task_data: TaskData, queries: list[Item], scores: dict[str, torch.Tensor],
+                  pool_size: int, zero_mean: torch.Tensor, many_mean: torch.Tensor, insert: InsertMode, meter: Meter,
+                  batch_size: int | None) -> torch.Tensor:
+    """The scan re-ranked by cause: each head among the top ``pool_size`` of every
+    sensitivity (the paper's scan as the first filter) gets the reward gain of writing
+    its many-shot mean alone over the bare model; other heads rank below all of them.
+    Returns scores [L, H] whose top-k are the k heads of largest gain."""
+    pool = torch.unique(torch.cat([top_locations(values, pool_size) for values in scores.values()]), dim=0)
+    rewards = location_set_rewards(adapter, task_data, queries, [location[None] for location in pool], zero_mean,
+                                   many_mean, insert, meter, batch_size)
+    gains = rewards[1:] - rewards[0]
+    result = torch.full(scores["l2"].shape, float(gains.min()) - 1.0)
+    result[pool[:, 0], pool[:, 1]] = gains.float()
+    return result
 
 
 def location_set_rewards(adapter: ModelAdapter, task_data: TaskData, queries: list[Item],

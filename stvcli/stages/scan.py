@@ -269,8 +269,9 @@ def _write_scan(workspace: Workspace, config: ScanConfig, adapter: ModelAdapter,
         auto = choose_locations(adapter, task_data, {m: v.mean(0) for m, v in by_mode.items()}, zero_mean, many_mean,
                                 k, {q.uid for q in queries}, config)
         sensitivity, k = auto["chosen"]["sensitivity"], auto["chosen"]["top_k"]
-    per_query = by_mode[sensitivity]
-    scores = per_query.mean(0)
+        causal = auto.pop("causal_scores")
+    per_query = by_mode.get(sensitivity, by_mode["l2"])  # causal has no per-query scores
+    scores = causal if sensitivity == "causal" else per_query.mean(0)
     locations = top_locations(scores, k)
     kept = shares.cat("kept")[:, locations[:, 0], locations[:, 1]]  # [T, K, D]
     provenance = Provenance(config.model.model, adapter.fingerprint(), task_data.source)

@@ -300,7 +300,7 @@ def test_auto_scan_and_search_choose_on_support_data_and_say_why(bed, workspace)
     scan = run_scan(scan_config(bed, workspace, auto=True, auto_queries=6))
     extra = Workspace(workspace).load("scan").meta["extra"]
     auto = extra["auto"]
-    assert auto["queries"] == 6 and len(auto["candidates"]) == 3 * 3 * 2  # sensitivities x K x insertions
+    assert auto["queries"] == 6 and len(auto["candidates"]) == 4 * 3 * 2  # (3 sensitivities + causal) x K x inserts
     chosen = auto["chosen"]
     assert auto["candidates"][0]["reward"] == max(row["reward"] for row in auto["candidates"])
     assert (extra["sensitivity"], extra["top_k"]) == (chosen["sensitivity"], chosen["top_k"])
@@ -313,3 +313,34 @@ def test_auto_scan_and_search_choose_on_support_data_and_say_why(bed, workspace)
     from stvcli.vectors import TaskVectors
 
     assert TaskVectors.load(Workspace(workspace).path("vectors")).mode == vectors["auto"]["insert"]
+
+
+def test_causal_scores_are_single_head_reward_gains(bed, workspace, scanned):
+    from stvcli.engine import Intervention
+    from stvcli.stages.auto import causal_scores
+    from stvcli.stages.common import Meter
+    from stvcli.stages.reinforce import candidate_rewards
+
+    adapter, data = get_adapter(bed["model"]), load_task_data(bed["data"])
+    scan = Workspace(workspace).load("scan")
+    zero, many = scan["zero_mean"], scan["many_mean"]
+    queries = data.support[-4:]
+    scores = {"l2": scan["scores"]}
+    causal = causal_scores(adapter, data, queries, scores, 3, zero, many, "add", Meter(), None)
+    pool = top_locations_of(scan["scores"], 3)
+    others = torch.ones_like(causal, dtype=torch.bool)
+    others[pool[:, 0], pool[:, 1]] = False
+    assert causal[others].max() < causal[pool[:, 0], pool[:, 1]].min()  # only the scan's top heads rank
+    layer, head = pool[1].tolist()
+    bare = candidate_rewards(adapter, data.task, queries, Intervention(pool[1:2], torch.zeros(1, adapter.head_dim),
+                                                                       "add"), 1, "first-token", Meter(), None)
+    one = candidate_rewards(adapter, data.task, queries,
+                            Intervention(pool[1:2], (many - zero)[layer, head][None], "add"), 1, "first-token",
+                            Meter(), None)
+    assert float(causal[layer, head]) == pytest.approx(float(one[0] - bare[0]), abs=1e-4)
+
+
+def top_locations_of(scores, k):
+    from stvcli.stages.scan import top_locations
+
+    return top_locations(scores, k)

@@ -186,8 +186,8 @@ def _auto_options(adapter, task, bank_artifact, queries: list, config: SearchCon
     rewards = {}
     for mode in ("add", "replace"):
         candidate = make_intervention(bank_artifact["locations"], means, bank_artifact["baseline"], mode)
-        rewards[mode] = float(candidate_rewards(adapter, task, queries, candidate, 1, config.reward, meter,
-                                                config.batch_size)[0])
+        rewards[mode] = float(dist.gather_shares(1, lambda a, b: candidate_rewards(  # one rank runs it
+            adapter, task, queries, candidate, b - a, config.reward, meter, config.batch_size))[0])
     choice = choose_insert(rewards)
     choice["why"] += "; mean and keep choices on, best-of selection"
     say(f"search: --auto chose {choice['insert']} insertion: {choice['why']}", config.quiet)
@@ -238,7 +238,7 @@ def diagnose(policy: CategoricalPolicy, choices: Choices, final: torch.Tensor, q
         start += len(draw)
     bare = Intervention(locations, torch.zeros(len(locations), choices.vectors.shape[-1]), "add",
                         torch.zeros(1, len(locations), dtype=torch.bool))
-    reward["none"] = float(score.rewards_of(bare, 1, queries)[0])
+    reward["none"] = float(dist.gather_shares(1, lambda a, b: score.rewards_of(bare, b - a, queries))[0])
     return {
         "queries": len(queries),
         "reward": reward,

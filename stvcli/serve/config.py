@@ -5,11 +5,11 @@ from __future__ import annotations
 import ipaddress
 import os
 from pathlib import Path
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from stvcli.config import ModelOptions
+from stvcli.engine import InsertMode
 
 API_KEY_ENV = "STV_API_KEY"
 
@@ -34,7 +34,7 @@ class ServeConfig(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     api_key: str | None = None  # None: $STV_API_KEY; neither set: no authentication
-    insert: Literal["replace", "add"] | None = None  # None: each vectors file's own mode
+    insert: InsertMode | None = None  # None: each vectors file's own mode
     max_batch: int = Field(8, ge=1)  # rows per forward pass
     batch_wait_ms: float = Field(5.0, ge=0)  # how long a batch waits for more requests
     max_queue: int = Field(256, ge=1)  # waiting requests beyond this get 503

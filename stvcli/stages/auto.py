@@ -45,7 +45,7 @@ def choose_locations(adapter: ModelAdapter, task_data: TaskData, scores: dict[st
     rows = []
     causal: dict[str, torch.Tensor] = {}
     for insert in INSERTS:
-        causal[insert] = causal_scores(adapter, task_data, queries, scores, 2 * max(sizes), zero_mean, many_mean,
+        causal[insert] = causal_scores(adapter, task_data, queries, scores, 2 * k, zero_mean, many_mean,
                                        insert, meter, config.batch_size)
         by_mode = {**scores, "causal": causal[insert]}
         sets = [(mode, size, top_locations(by_mode[mode], size)) for mode in (*SENSITIVITIES, "causal")

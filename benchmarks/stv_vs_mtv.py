@@ -45,7 +45,7 @@ class Sizes:
     max_icl_shots: int = 16
 
 
-def task_specs(suite: str, names: list[str] | None) -> list[dict]:
+def task_specs(suite: str, names: list[str] | None, text_tasks: Path = TEXT_TASKS) -> list[dict]:
     """(name, task, data, model) of every task in the suite."""
     if suite == "shapes":
         from stvcli.shapes.build import ensure_shapes_model
@@ -57,8 +57,9 @@ def task_specs(suite: str, names: list[str] | None) -> list[dict]:
         from stvcli.shapes.backbones import ensure_backbone
 
         model = str(ensure_backbone("gemma3", quiet=True))
-        specs = [{"name": folder.name, "task": "text", "data": str(folder), "model": model}
-                 for folder in sorted(TEXT_TASKS.iterdir()) if (folder / "train.jsonl").exists()]
+        specs = [{"name": folder.name, "task": "text", "data": str(folder / "train.jsonl"),
+                  "eval_data": str(folder / "test.jsonl"), "model": model}
+                 for folder in sorted(text_tasks.iterdir()) if (folder / "train.jsonl").exists()]
     return [spec for spec in specs if not names or spec["name"] in names]
 
 
@@ -72,7 +73,8 @@ def run_task(spec: dict, root: Path, sizes: Sizes, seed: int) -> dict:
     from stvcli.stages.search import run_search
 
     model = ModelOptions(model=spec["model"], dtype="float32")
-    data = DataOptions(data=spec["data"], task=spec["task"], seed=seed, eval_limit=sizes.eval_items)
+    data = DataOptions(data=spec["data"], eval_data=spec.get("eval_data"), task=spec["task"], seed=seed,
+                       eval_limit=sizes.eval_items)
     out: dict = {"sizes": sizes.__dict__, "seconds": {}}
     for variant in ("paper", "chosen"):
         started = time.perf_counter()
@@ -126,11 +128,12 @@ def _paired(task_root: Path, task: str, seed: int) -> dict:
             for method, values in paper.items() if set(values) == set(ids)}
 
 
-def sweep(suite: str, names: list[str] | None, root: Path, out: Path, sizes: Sizes, seed: int) -> dict:
+def sweep(suite: str, names: list[str] | None, root: Path, out: Path, sizes: Sizes, seed: int,
+          text_tasks: Path = TEXT_TASKS) -> dict:
     results = json.loads(out.read_text()) if out.exists() else {}
     results.setdefault("meta", {}).update(suite=suite, threads=torch.get_num_threads(), seed=seed,
                                           sizes=sizes.__dict__)
-    for spec in task_specs(suite, names):
+    for spec in task_specs(suite, names, text_tasks):
         if spec["name"] in results:
             continue
         results[spec["name"]] = run_task(spec, root, sizes, seed)
@@ -172,6 +175,7 @@ def main() -> None:
     parser.add_argument("--root", type=Path, default=ROOT / "runs" / "stv_vs_mtv")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--text-tasks", type=Path, default=TEXT_TASKS, help="folders with train.jsonl and test.jsonl")
     parser.add_argument("--table", action="store_true", help="print the table of --out and stop")
     args = parser.parse_args()
     if args.table:
@@ -180,7 +184,7 @@ def main() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    sweep(args.suite, args.tasks, args.root / args.suite, args.out, Sizes(), args.seed)
+    sweep(args.suite, args.tasks, args.root / args.suite, args.out, Sizes(), args.seed, args.text_tasks)
 
 
 if __name__ == "__main__":

@@ -167,6 +167,13 @@ def cut_answer(generation: str) -> str:
     return text.strip()
 
 
+def cut_is_final(generation: str) -> bool:
+    """Whether ``cut_answer`` of any continuation of ``generation`` equals that of
+    ``generation`` itself: a '.' or newline follows the leading whitespace."""
+    text = generation.lstrip()
+    return "." in text or "\n" in text
+
+
 def exact_match(prediction: str, target: str) -> float:
     """1.0 when the prediction, cut at '.' and newline, stripped and lowercased, equals the target."""
     return float(cut_answer(prediction).lower() == target.strip().lower())

@@ -63,19 +63,44 @@ def generate(
     prompts: Sequence[Prompt],
     max_new_tokens: int = 20,
     intervention: Intervention | None = None,
+    final: Callable[[str], bool] | None = None,
 ) -> list[str]:
-    """Greedy continuations of ``prompts`` (one batch, left padded), decoded to text."""
+    """Greedy continuations of ``prompts`` (one batch, left padded), decoded to text.
+
+    ``final(text)``: True once no continuation can change the row's extracted answer
+    (``Task.answer_final``); generation stops when every row is final. Greedy tokens
+    do not depend on when generation stops, so the answers are exactly those of the
+    full ``max_new_tokens``.
+    """
     inputs = adapter.encode(prompts)
     tokenizer = adapter.tokenizer
+    stopping = None
+    if final is not None:
+        from transformers import StoppingCriteriaList
+
+        stopping = StoppingCriteriaList([_AnswersFinal(tokenizer, inputs["input_ids"].shape[1], final)])
     with applied(adapter, intervention), torch.inference_mode():
         output = adapter.model.generate(
             **inputs,
             max_new_tokens=max_new_tokens,
             do_sample=False,
             pad_token_id=tokenizer.pad_token_id,
+            stopping_criteria=stopping,
         )
     new_tokens = output[:, inputs["input_ids"].shape[1] :]
     return tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+
+
+class _AnswersFinal:
+    """Stopping criterion: every row's generated text is final (``generate``)."""
+
+    def __init__(self, tokenizer: Any, prompt_length: int, final: Callable[[str], bool]) -> None:
+        self.tokenizer, self.prompt_length, self.final = tokenizer, prompt_length, final
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_length :], skip_special_tokens=True)
+        done = all(self.final(text) for text in texts)
+        return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
 
 
 def default_batch_size() -> int:

@@ -20,7 +20,7 @@ from typing import Any
 
 from stvcli.data.types import Item, Task, TaskKind, load_image
 from stvcli.errors import DataError
-from stvcli.metrics import VQA_VARIANTS, cut_answer, exact_match, vqa_accuracy
+from stvcli.metrics import VQA_VARIANTS, cut_answer, cut_is_final, exact_match, vqa_accuracy
 from stvcli.prompt import IMAGE_PLACEHOLDER, Prompt
 from stvcli.registry import Registry
 
@@ -90,6 +90,9 @@ class TemplateTask(Task):
 
     def extract(self, generation: str) -> str:
         return cut_answer(generation)
+
+    def answer_final(self, generation: str) -> bool:
+        return cut_is_final(generation)
 
     def score(self, prediction: str, item: Item) -> float:
         if self.metric == "vqa_accuracy":
@@ -170,6 +173,9 @@ class EpisodeTask(Task):
 
     def extract(self, generation: str) -> str:
         return cut_answer(generation)
+
+    def answer_final(self, generation: str) -> bool:
+        return cut_is_final(generation)
 
     def score(self, prediction: str, item: Item) -> float:
         return exact_match(prediction, item.answer)

@@ -68,6 +68,11 @@ class Task(ABC):
     def extract(self, generation: str) -> str:
         """The answer part of a raw greedy generation (cut at '.', newline, ...)."""
 
+    def answer_final(self, generation: str) -> bool:
+        """Whether no continuation of ``generation`` can change ``extract``'s answer
+        (generation may stop there). False unless a task knows better."""
+        return False
+
     @abstractmethod
     def score(self, prediction: str, item: Item) -> float:
         """Score in [0, 1] of an extracted prediction."""

@@ -69,7 +69,7 @@ def evaluate_method(
 
     def run(chunk):
         with meter.forward(len(chunk)):
-            return generate(adapter, chunk, task.max_new_tokens, intervention)
+            return generate(adapter, chunk, task.max_new_tokens, intervention, task.answer_final)
 
     with progress(config.quiet) as bar:
         job = bar.add_task(f"eval {method.name}", total=len(prompts))

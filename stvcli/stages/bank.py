@@ -100,7 +100,7 @@ def run_bank(config: BankConfig) -> BankResult:
     stats: dict[str, Any] | None = None
     if missing > 0:
         more, stats, more_uids = _more_contexts(workspace, config, scan.settings, locations, missing, settings,
-                                                   set(context_uids))
+                                                   context_uids)
         context_uids += more_uids
         if more is not None:
             activations = torch.cat([activations, more]) if len(activations) else more
@@ -120,27 +120,28 @@ def run_bank(config: BankConfig) -> BankResult:
     return dist.broadcast_object(BankResult(bank, counts, False, stats))  # rank 0's result on every rank
 
 
-def context_queries(support: list[Item], used: set[str], n: int, rng: random.Random) -> list[Item]:
-    """``n`` queries for new many-shot contexts: support items not in ``used`` (the
-    kept contexts' queries), without replacement while they last, then again in a
-    fresh order; so every query appears about equally often and never twice before
-    all have appeared once."""
-    fresh = [item for item in support if item.uid not in used] or list(support)
+def context_queries(support: list[Item], kept: list[str], n: int, rng: random.Random) -> list[Item]:
+    """``n`` queries for new many-shot contexts. The kept contexts' queries (the scan's)
+    are used again, each with fresh demonstrations, in shuffled rounds (every one once
+    before any twice), so the contexts never use up support items the search needs
+    (docs/method.md §3.1, §4.2); with no kept contexts, support items in rounds."""
+    by_uid = {item.uid: item for item in support}
+    pool = [by_uid[uid] for uid in dict.fromkeys(kept) if uid in by_uid] or list(support)
     queries: list[Item] = []
     while len(queries) < n:
-        queries += rng.sample(fresh, min(len(fresh), n - len(queries)))
+        queries += rng.sample(pool, min(len(pool), n - len(queries)))
     return queries
 
 
 def _more_contexts(workspace: Workspace, config: BankConfig, scan_settings: dict[str, Any], locations: torch.Tensor,
-                   missing: int, settings: dict[str, Any], used: set[str]) -> tuple[torch.Tensor | None, dict[str, Any], list[str]]:
+                   missing: int, settings: dict[str, Any], kept: list[str]) -> tuple[torch.Tensor | None, dict[str, Any], list[str]]:
     """Many-shot activations [missing, K, D] of new contexts at ``locations`` (None on
     ranks other than 0 under torchrun, where each rank captures its share), the stats,
     and the uids of the contexts' queries."""
     adapter = get_adapter(ModelOptions(**scan_settings["model"]))
     task_data = load_task_data(DataOptions(**scan_settings["data"]))
     rng = random.Random(f"bank:{config.seed}")  # not Random(seed): the scan draws its queries from that
-    queries = context_queries(task_data.support, used, missing, rng)
+    queries = context_queries(task_data.support, kept, missing, rng)
     prompts = many_shot_prompts(task_data.task, queries, task_data.support, scan_settings["shots"], rng)
 
     def share(start: int, stop: int):

@@ -24,15 +24,17 @@ def test_fewer_contexts_than_clusters_is_refused():
         cluster_locations(torch.rand(4, 1, 3), clusters=8, seed=0)
 
 
-def test_context_queries_avoid_the_kept_ones_and_repeat_evenly():
+def test_context_queries_reuse_the_kept_queries_evenly():
     import random
 
     from stvcli.data.types import Item
     from stvcli.stages.bank import context_queries
 
     support = [Item(uid=str(i), question=str(i), answers=("a",)) for i in range(10)]
-    queries = context_queries(support, {"0", "1", "2", "3"}, 14, random.Random(0))
+    queries = context_queries(support, ["0", "1", "2", "3"], 10, random.Random(0))
     uids = [q.uid for q in queries]
-    assert len(uids) == 14 and not set(uids) & {"0", "1", "2", "3"}
-    assert len(set(uids[:6])) == 6  # every fresh query once before any repeats
-    assert sorted(uids.count(u) for u in set(uids)) == [2, 2, 2, 2, 3, 3]
+    assert set(uids) == {"0", "1", "2", "3"}  # no support item beyond the scan's queries is used up
+    assert sorted(uids[:4]) == ["0", "1", "2", "3"]  # every kept query once before any twice
+    assert sorted(uids.count(u) for u in set(uids)) == [2, 2, 3, 3]
+    fresh = [q.uid for q in context_queries(support, [], 12, random.Random(0))]
+    assert len(set(fresh[:10])) == 10 and len(fresh) == 12  # no kept contexts: support items in rounds

@@ -60,7 +60,10 @@ def task_specs(suite: str, names: list[str] | None, text_tasks: Path = TEXT_TASK
         specs = [{"name": folder.name, "task": "text", "data": str(folder / "train.jsonl"),
                   "eval_data": str(folder / "test.jsonl"), "model": model}
                  for folder in sorted(text_tasks.iterdir()) if (folder / "train.jsonl").exists()]
-    return [spec for spec in specs if not names or spec["name"] in names]
+    if not names:
+        return specs
+    by_name = {spec["name"]: spec for spec in specs}
+    return [by_name[name] for name in names if name in by_name]  # in the order asked
 
 
 def run_task(spec: dict, root: Path, sizes: Sizes, seed: int) -> dict:

@@ -167,6 +167,31 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def diagnostics_table(results: dict) -> str:
+    """The searches' diagnostics (docs/method.md §4.7): hold-out reward of the final pick
+    against random picks, the mean vector and no edit; the policy's entropy start -> end."""
+    lines = ["| task | variant | chosen setting | none | random (best) | mean | final | entropy start -> end |",
+             "|" + "---|" * 8]
+    for name, row in results.items():
+        if name == "meta":
+            continue
+        for variant in ("paper", "chosen"):
+            diag = row[variant].get("diagnostics") or {}
+            reward = diag.get("reward", {})
+            setting = "l2, replace, argmax"
+            if variant == "chosen":
+                auto = row["chosen"].get("auto") or {}
+                scan = auto.get("scan") or {}
+                setting = f"{scan.get('sensitivity')} K={scan.get('top_k')}, {auto.get('search')}, mean+keep"
+            entropy = diag.get("entropy") or []
+            cells = [f"{reward[k]:.2f}" if k in reward else "-" for k in ("none",)]
+            cells.append(f"{reward['random']:.2f} ({reward['random_best']:.2f})" if "random" in reward else "-")
+            cells += [f"{reward[k]:.2f}" if k in reward else "-" for k in ("mean", "final")]
+            cells.append(" -> ".join(f"{e:.2f}" for e in entropy) or "-")
+            lines.append(f"| {name} | {variant} | {setting} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _cell(summary: dict) -> str:
     return f"{100 * summary['accuracy']:.0f} [{100 * summary['ci_low']:.0f}, {100 * summary['ci_high']:.0f}]"
 
@@ -182,7 +207,8 @@ def main() -> None:
     parser.add_argument("--table", action="store_true", help="print the table of --out and stop")
     args = parser.parse_args()
     if args.table:
-        print(table(json.loads(args.out.read_text())))
+        results = json.loads(args.out.read_text())
+        print(table(results) + "\n\n" + diagnostics_table(results))
         return
     from transformers.utils import logging as hf_logging
 

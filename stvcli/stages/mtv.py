@@ -81,7 +81,7 @@ def run_mtv(
     history = reinforce(
         policy, score, train, iterations=config.iterations, samples=config.samples, queries_per_iteration=config.queries_per_iteration,
         lr=config.lr, seed=config.seed, label="mtv search",
-        checkpoint=Checkpoint(space, f"{kind}-state", settings, provenance, config.checkpoint_every), quiet=quiet,
+        checkpoint=Checkpoint(space, f"{kind}-state", settings, provenance, config.checkpoint_every, meter), quiet=quiet,
     )
     draws = final_draws(policy, config, adapter.family)
     best = draws[best_draw(draws, holdout or train[:1], score)].bool()

@@ -133,6 +133,7 @@ class Checkpoint:
     settings: dict
     provenance: Provenance
     every: int = 25
+    meter: Meter | None = None  # its forwards are saved and restored, so a resumed run counts them all
 
 
 @dataclass
@@ -243,7 +244,8 @@ def _save_state(policy: Policy, optimizer: torch.optim.Optimizer, history: Histo
         {"logits": policy.logits.detach(), "exp_avg": state["exp_avg"], "exp_avg_sq": state["exp_avg_sq"]},
         settings=checkpoint.settings,
         provenance=checkpoint.provenance,
-        extra={"iteration": iteration, "adam_step": float(state["step"]), "history": history.as_dict()},
+        extra={"iteration": iteration, "adam_step": float(state["step"]), "history": history.as_dict(),
+               "forwards": checkpoint.meter.forwards if checkpoint.meter else 0},
     )
 
 
@@ -261,6 +263,8 @@ def _resume(policy: Policy, optimizer: torch.optim.Optimizer, history: History, 
         "exp_avg": state["exp_avg"].clone(),
         "exp_avg_sq": state["exp_avg_sq"].clone(),
     }
+    if checkpoint.meter is not None:
+        checkpoint.meter.forwards += int(extra.get("forwards", 0))
     restored = History.from_dict(extra.get("history", {}))
     for mine, theirs in zip(history.as_dict().values(), restored.as_dict().values()):
         mine.extend(theirs)

@@ -143,7 +143,7 @@ def run_search(config: SearchConfig) -> SearchResult:
     history = reinforce(
         policy, score, train, iterations=config.iterations, samples=config.samples,
         queries_per_iteration=config.queries_per_iteration, lr=config.lr, seed=config.seed, label="search",
-        checkpoint=Checkpoint(workspace, "search-state", settings, provenance, config.checkpoint_every),
+        checkpoint=Checkpoint(workspace, "search-state", settings, provenance, config.checkpoint_every, meter),
         quiet=config.quiet,
     )
     final = select_final(policy, choices, holdout, score, config)

@@ -131,6 +131,7 @@ def test_search_resumes_after_interruption_to_the_same_result(bed, workspace, sc
     assert torch.allclose(resumed.logits, fresh.logits, atol=1e-5)
     assert torch.equal(resumed.choices, fresh.choices)
     assert resumed.rewards == pytest.approx(fresh.rewards, abs=1e-6)
+    assert resumed.stats["forwards"] == fresh.stats["forwards"]  # the interrupted run's forwards still count
 
 
 def test_mtv_resumes_after_interruption_to_the_same_choices(bed, workspace, scanned, monkeypatch):
@@ -151,6 +152,7 @@ def test_mtv_resumes_after_interruption_to_the_same_choices(bed, workspace, scan
     assert torch.equal(resumed.locations, fresh.locations)
     assert torch.allclose(resumed.logits, fresh.logits, atol=1e-6)
     assert resumed.rewards == pytest.approx(fresh.rewards, abs=1e-6)
+    assert resumed.stats["forwards"] == fresh.stats["forwards"]
 
 
 def test_eval_applies_exactly_the_vectors_it_read(bed, workspace, scanned, monkeypatch):

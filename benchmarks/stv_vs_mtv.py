@@ -212,6 +212,10 @@ def main() -> None:
         return
     from transformers.utils import logging as hf_logging
 
+    import stvcli.stages.auto  # noqa: F401  every stage module now, so a long sweep runs one version of the code
+    import stvcli.stages.methods  # noqa: F401
+    import stvcli.stages.mtv  # noqa: F401
+
     hf_logging.disable_progress_bar()
     sweep(args.suite, args.tasks, args.root / args.suite, args.out, Sizes(), args.seed, args.text_tasks)
 

@@ -11,7 +11,9 @@ train and test are disjoint by question.
 
 Each line is ``{"question": "cat", "answers": ["cats"]}``. The text task scores the
 FIRST answer only (``Item.answer`` = ``answers[0]``, exact match, case-insensitive), so
-every item has one canonical answer and items with common variants were left out.
+every item has one canonical answer and items with common variants were left out; the
+capitals keep an accented or transliterated variant after the scored spelling
+(``"a/b"`` in the lists below -> ``"answers": ["a", "b"]``).
 Answers hold no ``.`` (the answer extraction cuts a generation at the first ``.``).
 """
 
@@ -516,7 +518,7 @@ France|Paris|Europe
 Germany|Berlin|Europe
 Greece|Athens|Europe
 Hungary|Budapest|Europe
-Iceland|Reykjavik|Europe
+Iceland|Reykjavik/Reykjavík|Europe
 Ireland|Dublin|Europe
 Italy|Rome|Europe
 Latvia|Riga|Europe
@@ -524,7 +526,7 @@ Liechtenstein|Vaduz|Europe
 Lithuania|Vilnius|Europe
 Luxembourg|Luxembourg|Europe
 Malta|Valletta|Europe
-Moldova|Chisinau|Europe
+Moldova|Chisinau/Chișinău|Europe
 Monaco|Monaco|Europe
 Montenegro|Podgorica|Europe
 Netherlands|Amsterdam|Europe
@@ -569,7 +571,7 @@ Laos|Vientiane|Asia
 Lebanon|Beirut|Asia
 Malaysia|Kuala Lumpur|Asia
 Maldives|Male|Asia
-Mongolia|Ulaanbaatar|Asia
+Mongolia|Ulaanbaatar/Ulan Bator|Asia
 Myanmar|Naypyidaw|Asia
 Nepal|Kathmandu|Asia
 North Korea|Pyongyang|Asia
@@ -590,14 +592,14 @@ Turkmenistan|Ashgabat|Asia
 United Arab Emirates|Abu Dhabi|Asia
 Uzbekistan|Tashkent|Asia
 Vietnam|Hanoi|Asia
-Yemen|Sanaa|Asia
+Yemen|Sanaa/Sana'a|Asia
 Algeria|Algiers|Africa
 Angola|Luanda|Africa
 Benin|Porto-Novo|Africa
 Botswana|Gaborone|Africa
 Burkina Faso|Ouagadougou|Africa
 Burundi|Gitega|Africa
-Cameroon|Yaounde|Africa
+Cameroon|Yaounde/Yaoundé|Africa
 Cape Verde|Praia|Africa
 Central African Republic|Bangui|Africa
 Chad|N'Djamena|Africa
@@ -631,7 +633,7 @@ Namibia|Windhoek|Africa
 Niger|Niamey|Africa
 Nigeria|Abuja|Africa
 Rwanda|Kigali|Africa
-Sao Tome and Principe|Sao Tome|Africa
+Sao Tome and Principe|Sao Tome/São Tomé|Africa
 Senegal|Dakar|Africa
 Seychelles|Victoria|Africa
 Sierra Leone|Freetown|Africa
@@ -640,7 +642,7 @@ South Africa|-|Africa
 South Sudan|Juba|Africa
 Sudan|Khartoum|Africa
 Tanzania|Dodoma|Africa
-Togo|Lome|Africa
+Togo|Lome/Lomé|Africa
 Tunisia|Tunis|Africa
 Uganda|Kampala|Africa
 Zambia|Lusaka|Africa
@@ -653,7 +655,7 @@ Belize|Belmopan|North America
 Honduras|Tegucigalpa|North America
 El Salvador|San Salvador|North America
 Nicaragua|Managua|North America
-Costa Rica|San Jose|North America
+Costa Rica|San Jose/San José|North America
 Panama|Panama City|North America
 Cuba|Havana|North America
 Jamaica|Kingston|North America
@@ -669,12 +671,12 @@ Antigua and Barbuda|-|North America
 Saint Kitts and Nevis|Basseterre|North America
 Saint Vincent and the Grenadines|Kingstown|North America
 Argentina|Buenos Aires|South America
-Brazil|Brasilia|South America
+Brazil|Brasilia/Brasília|South America
 Chile|Santiago|South America
-Colombia|Bogota|South America
+Colombia|Bogota/Bogotá|South America
 Ecuador|Quito|South America
 Guyana|Georgetown|South America
-Paraguay|Asuncion|South America
+Paraguay|Asuncion/Asunción|South America
 Peru|Lima|South America
 Suriname|Paramaribo|South America
 Uruguay|Montevideo|South America
@@ -685,7 +687,7 @@ New Zealand|Wellington|Oceania
 Fiji|Suva|Oceania
 Papua New Guinea|Port Moresby|Oceania
 Samoa|Apia|Oceania
-Tonga|Nuku'alofa|Oceania
+Tonga|Nuku'alofa/Nukualofa|Oceania
 Vanuatu|Port Vila|Oceania
 Solomon Islands|Honiara|Oceania
 Kiribati|Tarawa|Oceania
@@ -1333,7 +1335,7 @@ def gerund() -> Pairs:
 
 
 def capital() -> Pairs:
-    return _valid([(c, cap) for c, cap, _ in rows(COUNTRIES, 3)])
+    return _valid([(c, cap) for c, cap, _ in rows(COUNTRIES, 3)])  # answers "a/b": a is scored, b a variant
 
 
 def continent() -> Pairs:
@@ -1383,7 +1385,7 @@ def successor() -> Pairs:
     return [(str(n), str(n + 1)) for n in numbers]
 
 
-# name -> (builder, one-line description). KEPT: the tasks written by default (README).
+# name -> (builder, one-line description): every task tried, kept or not.
 TASKS: dict[str, tuple[Callable[[], Pairs], str]] = {
     "plural": (plural, "English noun -> its plural (cat: cats, mouse: mice)"),
     "past-tense": (past_tense, "English verb -> its simple past (walk: walked, go: went)"),
@@ -1399,7 +1401,12 @@ TASKS: dict[str, tuple[Callable[[], Pairs], str]] = {
     "digits-to-words": (digits_to_word, "number in digits -> words (342: three hundred forty-two)"),
     "successor": (successor, "number -> the next number (17: 18)"),
 }
-KEPT: tuple[str, ...] = tuple(TASKS)
+# Kept: 16-shot ICL >= 50% on Gemma-3-270m with zero-shot near 0 (README.md has the table).
+# Rejected (16-shot below 50%): antonym, number-to-digits, last-letter.
+KEPT: tuple[str, ...] = (
+    "plural", "past-tense", "gerund", "capital", "continent", "french", "comparative", "first-letter",
+    "digits-to-words", "successor",
+)
 
 
 def split(name: str, pairs: Pairs, test_size: int = TEST_SIZE, seed: int = SEED) -> tuple[Pairs, Pairs]:
@@ -1418,7 +1425,8 @@ def split(name: str, pairs: Pairs, test_size: int = TEST_SIZE, seed: int = SEED)
 def write_jsonl(path: Path, pairs: Pairs) -> None:
     with open(path, "w", encoding="utf-8") as handle:
         for question, answer in pairs:
-            handle.write(json.dumps({"question": question, "answers": [answer]}, ensure_ascii=False) + "\n")
+            answers = answer.split("/")  # "a/b": a is the scored answer, b an accepted variant spelling
+            handle.write(json.dumps({"question": question, "answers": answers}, ensure_ascii=False) + "\n")
 
 
 def main() -> None:

@@ -147,8 +147,7 @@ def run_search(config: SearchConfig) -> SearchResult:
         quiet=config.quiet,
     )
     final = select_final(policy, choices, holdout, score, config)
-    diagnostics = diagnose(policy, choices, final, holdout or train[: config.holdout], score, config, history,
-                           locations)
+    diagnostics = diagnose(choices, final, holdout or train[: config.holdout], score, config, history, locations)
     written = final != choices.keep_index if choices.keep_index is not None else torch.ones_like(final, dtype=torch.bool)
     vectors = gather_vectors(choices.vectors, final[None])[0][written]
     logits = policy.logits.detach()
@@ -211,7 +210,7 @@ def select_final(policy: CategoricalPolicy, choices: Choices, holdout: list, sco
     return candidates[best_draw(torch.stack(candidates), holdout, score)]
 
 
-def diagnose(policy: CategoricalPolicy, choices: Choices, final: torch.Tensor, queries: list, score: CandidateScorer,
+def diagnose(choices: Choices, final: torch.Tensor, queries: list, score: CandidateScorer,
              config: SearchConfig, history: History, locations: torch.Tensor) -> dict[str, Any]:
     """Mean reward on ``queries`` (the hold-out, else training queries) at the searched
     locations of: the final pick, 8 uniformly random cluster picks, the mean vector,

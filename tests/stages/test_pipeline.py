@@ -162,9 +162,9 @@ def test_eval_applies_exactly_the_vectors_it_read(bed, workspace, scanned, monke
     seen = {}
     original = evaluate_module.generate
 
-    def spy(adapter, prompts, max_new_tokens, intervention=None):
+    def spy(adapter, prompts, max_new_tokens, intervention=None, final=None):
         seen.setdefault("interventions", []).append(intervention)
-        return original(adapter, prompts, max_new_tokens, intervention)
+        return original(adapter, prompts, max_new_tokens, intervention, final)
 
     monkeypatch.setattr(evaluate_module, "generate", spy)
     report = evaluate_module.run_eval(EvalConfig(workspace=workspace, methods=["zero-shot", "stv"], limit=4,
@@ -241,9 +241,9 @@ def test_mtv_inserts_by_replacement_whatever_stv_uses(bed, workspace, scanned, m
     seen = []
     original = evaluate_module.generate
 
-    def spy(adapter, prompts, max_new_tokens, intervention=None):
+    def spy(adapter, prompts, max_new_tokens, intervention=None, final=None):
         seen.append(intervention)
-        return original(adapter, prompts, max_new_tokens, intervention)
+        return original(adapter, prompts, max_new_tokens, intervention, final)
 
     monkeypatch.setattr(evaluate_module, "generate", spy)
     report = evaluate_module.run_eval(EvalConfig(

@@ -162,12 +162,12 @@ def _mtv_add(context: MethodContext) -> Built:
 
 @method("mean-at-stv", "the bank's count-weighted mean at STV's locations", needs_workspace=True)
 def _mean_at_stv(context: MethodContext) -> Built:
+    from stvcli.stages.search import bank_means
     from stvcli.vectors import make_intervention
 
     workspace = context.need_workspace()
     bank = workspace.load("bank", fingerprint=context.adapter.fingerprint())
-    weights = bank["counts"].float().unsqueeze(-1)  # [K, M, 1]
-    means = (bank["bank"] * weights).sum(1) / weights.sum(1)
+    means = bank_means(bank["bank"], bank["counts"])
     return (make_intervention(bank["locations"], means, bank["baseline"], context.mode),
             {"forwards": stage_forwards(workspace, "scan", "bank")})
 

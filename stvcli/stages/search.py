@@ -56,6 +56,13 @@ def gather_vectors(bank: torch.Tensor, choices: torch.Tensor) -> torch.Tensor:
     return bank[torch.arange(bank.shape[0])[None, :], choices]
 
 
+def bank_means(bank: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Each location's count-weighted mean of its centroids (about the mean of its T
+    contexts): bank [K, M, D], counts [K, M] -> [K, D]. What mean-at-stv writes."""
+    weights = counts.float().unsqueeze(-1)
+    return (bank * weights).sum(1) / weights.sum(1).clamp_min(1)
+
+
 def initial_logits(counts: torch.Tensor) -> torch.Tensor:
     """Uniform over each location's non-empty clusters: [K, M] zeros, -inf where count is 0."""
     logits = torch.zeros(counts.shape)
@@ -82,8 +89,7 @@ class Choices:
         if config.keep_choice:
             valid = valid + 1
         if config.mean_choice:
-            weights = counts.float().unsqueeze(-1)
-            vectors.append(((bank * weights).sum(1) / weights.sum(1).clamp_min(1))[:, None])
+            vectors.append(bank_means(bank, counts)[:, None])
             # logit a with e^a / (e^a + valid) = mean_prior
             logits.append(torch.log(config.mean_prior * valid / (1 - config.mean_prior)).float())
             mean_index = bank.shape[1]
@@ -179,9 +185,7 @@ def _auto_options(adapter, task, bank_artifact, queries: list, config: SearchCon
     the final pick no worse than the mean on the hold-out)."""
     from stvcli.stages.auto import choose_insert
 
-    bank, counts = bank_artifact["bank"], bank_artifact["counts"]
-    weights = counts.float().unsqueeze(-1)
-    means = (bank * weights).sum(1) / weights.sum(1).clamp_min(1)  # [K, D]
+    means = bank_means(bank_artifact["bank"], bank_artifact["counts"])  # [K, D]
     rewards = {}
     for mode in ("add", "replace"):
         candidate = make_intervention(bank_artifact["locations"], means, bank_artifact["baseline"], mode)

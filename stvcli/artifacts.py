@@ -128,16 +128,23 @@ def atomic_output(path: Path) -> Iterator[Path]:
     os.close(handle)
     try:
         yield Path(temp)
+        os.chmod(temp, 0o666 & ~_umask())  # mkstemp makes 0600; a shared folder needs the umask's mode
         os.replace(temp, path)
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     """Write a text file atomically (``atomic_output``)."""
     with atomic_output(Path(path)) as temp:
-        temp.write_text(text)
+        temp.write_text(text, encoding="utf-8")
 
 
 def load_artifact(
@@ -148,10 +155,14 @@ def load_artifact(
 ) -> Artifact:
     """Read and validate an artifact of ``kind``; with ``fingerprint``, refuse another model's."""
     path = Path(path)
+    producer = KINDS[kind].producer if kind in KINDS else None
+    remake = f"; remake it with `{producer} --force`" if producer else ""
     if not path.exists():
-        producer = KINDS[kind].producer if kind in KINDS else None
         hint = f"; run `{producer}` first" if producer else ""
         raise ArtifactError(f"{path} does not exist{hint}")
+    if path.is_dir():
+        file = KINDS[kind].file if kind in KINDS else None
+        raise ArtifactError(f"{path} is a folder; give the artifact file" + (f" (e.g. {path / file})" if file else ""))
     try:
         from safetensors import safe_open
 
@@ -159,50 +170,85 @@ def load_artifact(
             raw = handle.metadata() or {}
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as error:
-        raise ArtifactError(f"{path} is not a readable safetensors file ({error}); delete it and rerun the stage") from None
+        raise ArtifactError(f"{path} is not a readable safetensors file ({error}){remake}") from None
     if raw.get("stv.kind") is None or raw.get("stv.schema") is None:
         raise ArtifactError(f"{path} is not an stv artifact (no stv metadata)")
     if raw["stv.kind"] != kind:
         raise ArtifactError(f"{path} is a {raw['stv.kind']!r} artifact, expected {kind!r}")
     if raw["stv.schema"] != str(SCHEMA_VERSION):
         raise ArtifactError(
-            f"{path} has schema version {raw['stv.schema']}, this stv reads {SCHEMA_VERSION}; rerun the stage with --force"
+            f"{path} has schema version {raw['stv.schema']}, this stv reads {SCHEMA_VERSION}{remake}"
         )
     try:
         meta = {key.removeprefix("stv."): json.loads(value) for key, value in raw.items()
                 if key not in ("stv.kind", "stv.model", "stv.created", "stv.schema")}
     except json.JSONDecodeError:
-        raise ArtifactError(f"{path} has corrupt metadata; delete it and rerun the stage") from None
+        raise ArtifactError(f"{path} has corrupt metadata{remake}") from None
     meta.update(model=raw.get("stv.model"), created=raw.get("stv.created"), schema=int(raw["stv.schema"]))
-    _check_tensors(kind, tensors, str(path))
+    _check_tensors(kind, tensors, str(path), remake)
     artifact = Artifact(kind, tensors, meta, path)
+    if not isinstance(meta.get("settings"), dict) or not isinstance(meta.get("fingerprint"), dict):
+        raise ArtifactError(f"{path} has corrupt metadata{remake}")
+    check_geometry(artifact, artifact.fingerprint, remake)
     if fingerprint is not None:
         check_fingerprint(artifact, fingerprint)
     return artifact
 
 
 def check_fingerprint(artifact: Artifact, fingerprint: dict[str, Any]) -> None:
-    """Refuse an artifact made for another model (architecture, geometry or weights)."""
-    compare_fingerprints(artifact.fingerprint, fingerprint, str(artifact.path), str(artifact.meta.get("model")))
+    """Refuse an artifact made for another model (architecture, geometry or weights),
+    or whose locations and vector widths do not fit this model."""
+    producer = KINDS[artifact.kind].producer
+    fix = f"remake it with `{producer} --force`" if producer else "remake it"
+    compare_fingerprints(artifact.fingerprint, fingerprint, str(artifact.path), str(artifact.meta.get("model")), fix)
+    check_geometry(artifact, fingerprint, f"; {fix}")
 
 
-def compare_fingerprints(stored: dict[str, Any], current: dict[str, Any], where: str, model: str) -> None:
+def compare_fingerprints(stored: dict[str, Any], current: dict[str, Any], where: str, model: str,
+                         fix: str = "") -> None:
     for key in ("architecture", "n_layers", "n_heads", "head_dim", "weights"):
         if key in stored and key in current and stored[key] != current[key]:
             raise ArtifactError(
-                f"{where} was made for another model ({key}: {stored[key]} vs {current[key]}, "
-                f"model {model}); use the model it was made for or rerun with --force"
+                f"{where} was made for another model ({key}: {stored[key]} vs {current[key]}): use the model it "
+                f"was made for ({model})" + (f", or {fix}" if fix else "")
             )
 
 
-def _check_tensors(kind: str, tensors: dict[str, torch.Tensor], where: str) -> None:
+#: Tensors of activation values: finite, and as wide as one head (the last dimension).
+VALUE_TENSORS = ("activations", "bank", "vectors", "baseline", "means")
+
+
+def check_geometry(artifact: Artifact, fingerprint: dict[str, Any], fix: str = "") -> None:
+    """Locations inside the model's [layers, heads], value tensors one head wide and finite."""
+    where = str(artifact.path)
+    locations = artifact.tensors.get("locations")
+    if locations is not None and locations.numel():
+        if locations.is_floating_point() or int(locations.min()) < 0:
+            raise ArtifactError(f"{where}: locations must be non-negative integers{fix}")
+        for column, key in ((0, "n_layers"), (1, "n_heads")):
+            limit = fingerprint.get(key)
+            if isinstance(limit, int) and int(locations[:, column].max()) >= limit:
+                raise ArtifactError(f"{where}: a location's {key[2:-1]} {int(locations[:, column].max())} is out of "
+                                    f"range for a model with {limit} {key[2:]}{fix}")
+    head_dim = fingerprint.get("head_dim")
+    for name in VALUE_TENSORS:
+        tensor = artifact.tensors.get(name)
+        if tensor is None:
+            continue
+        if isinstance(head_dim, int) and tensor.ndim and tensor.shape[-1] != head_dim:
+            raise ArtifactError(f"{where}: {name} is {tensor.shape[-1]} wide, the model's heads {head_dim}{fix}")
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ArtifactError(f"{where}: {name} holds NaN or infinite values{fix}")
+
+
+def _check_tensors(kind: str, tensors: dict[str, torch.Tensor], where: str, fix: str = "") -> None:
     if kind not in KINDS:
         raise ValueError(f"unknown artifact kind {kind!r}")
     for name, rank in KINDS[kind].tensors.items():
         if name not in tensors:
-            raise ArtifactError(f"{where}: {kind} artifact lacks tensor {name!r}; rerun the stage with --force")
+            raise ArtifactError(f"{where}: {kind} artifact lacks tensor {name!r}{fix}")
         if tensors[name].ndim != rank:
-            raise ArtifactError(f"{where}: tensor {name!r} has rank {tensors[name].ndim}, expected {rank}")
+            raise ArtifactError(f"{where}: tensor {name!r} has rank {tensors[name].ndim}, expected {rank}{fix}")
     if "locations" in tensors:
         locations = tensors["locations"]
         if locations.shape[-1] != 2:

@@ -6,21 +6,54 @@ line on stderr and exit code 2.
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
 
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from typer.core import TyperGroup
 
 from stvcli import __version__
 from stvcli.errors import StvError
 from stvcli.stages.methods import method_list
 
+
+#: Click's base error class, whichever click typer runs on (newer typers vendor their own).
+ClickError: type[Exception] = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
+class OneLineErrors(TyperGroup):
+    """Click's own usage errors (an unknown option, ``--clusters abc``) as one line on
+    stderr and exit 2, like every other user mistake, instead of a help panel."""
+
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,
+             complete_var: str | None = None, standalone_mode: bool = True, **extra: Any) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except ClickError as error:
+            if type(error).__name__ == "NoArgsIsHelpError":
+                error.show()  # type: ignore[attr-defined]
+                sys.exit(error.exit_code)  # type: ignore[attr-defined]
+            command = error.ctx.command_path if getattr(error, "ctx", None) else "stv"
+            message = " ".join(error.format_message().split())  # type: ignore[attr-defined]
+            err.print(f"[bold red]error:[/] {message} (see `{command} --help`)", highlight=False, soft_wrap=True)
+            sys.exit(2)
+        except typer.Abort:
+            err.print("[bold red]error:[/] aborted", highlight=False, soft_wrap=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
+    cls=OneLineErrors,
     name="stv",
     help="Sensitivity-aware task vectors: many-shot in-context learning without the context.",
     no_args_is_help=True,
@@ -47,14 +80,51 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except StvError as error:
             fail(str(error))
         except ValidationError as error:
-            first = error.errors()[0]
-            where = ".".join(str(p) for p in first.get("loc", ()) if p != "__root__")
-            message = first.get("msg", str(error)).removeprefix("Value error, ")
-            fail(f"{where + ': ' if where else ''}{message}")
+            fail(validation_message(error))
+        except OSError as error:
+            if error.errno not in USER_OS_ERRORS:
+                raise
+            where = f" {error.filename}" if error.filename else ""
+            fail(f"cannot write or read{where}: {error.strerror or error}; check the path and its permissions "
+                 "(--workspace, --output-path) and the free space")
         except KeyboardInterrupt:
             fail("interrupted; artifacts written so far are complete, rerun to continue", code=130)
 
     return wrapper
+
+
+#: File-system errors a user causes or fixes (a read-only or full disk, a file where a
+#: folder belongs); any other OSError is a bug and keeps its traceback.
+USER_OS_ERRORS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR, errno.EISDIR,
+                  errno.EEXIST, errno.ENAMETOOLONG}
+
+#: Config fields whose flag is not the field's own name with dashes.
+FLAG_NAMES = {("model", "model"): "--model", ("data", "data"): "--data", ("data", "task"): "--task",
+              ("data", "eval_limit"): "--eval-limit", ("data", "seed"): "--seed", ("model", "dtype"): "--dtype",
+              ("vectors",): "--vectors"}
+
+
+def flag_name(loc: Sequence[Any]) -> str:
+    """A pydantic error location -> the option a user typed: ``("mtv", "threshold")``
+    -> ``--mtv-threshold``, ``("data", "eval_limit")`` -> ``--eval-limit``."""
+    parts = tuple(str(p) for p in loc if not isinstance(p, int) and p != "__root__")
+    if not parts:
+        return ""
+    if parts in FLAG_NAMES:
+        return FLAG_NAMES[parts]
+    prefix = "mtv-" if parts[0] == "mtv" and len(parts) > 1 else ""
+    return "--" + prefix + parts[-1].replace("_", "-")
+
+
+def validation_message(error: ValidationError) -> str:
+    """The first problem of a config, in the user's terms: ``--lr must be greater than 0, not -1.0``."""
+    first = error.errors()[0]
+    flag = flag_name(first.get("loc", ()))
+    message = str(first.get("msg", error)).removeprefix("Value error, ")
+    message = message.replace("Input should be", "must be").replace("String should", "must")
+    value = first.get("input")
+    shown = f", not {value!r}" if flag and isinstance(value, (int, float, str)) and len(repr(value)) < 60 else ""
+    return f"{flag} {message}{shown}" if flag else message
 
 
 def emit(summary: dict[str, Any], as_json: bool) -> None:
@@ -318,7 +388,7 @@ def eval_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Stage 4: evaluate zero-shot, ICL, MTV and STV on the same held-out items."""
-    from stvcli.stages.config import EvalConfig, MTVConfig
+    from stvcli.stages.config import EvalConfig
     from stvcli.stages.evaluate import markdown_table, run_eval
 
     if (data is None) != (task is None) and data is not None:
@@ -329,7 +399,7 @@ def eval_command(
         batch_size=parse_batch_size(batch_size), force=force, quiet=quiet,
         model=model_options(model, "auto", "auto", device_map, None, max_memory) if model else None,
         data=data_options(data, task, seed=seed) if task else None,
-        mtv=MTVConfig(iterations=mtv_iterations, threshold=mtv_threshold, seed=seed),
+        mtv={"iterations": mtv_iterations, "threshold": mtv_threshold, "seed": max(seed, 0)},
     )
     report = run_eval(config)
     if as_json:

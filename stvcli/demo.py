@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from stvcli.config import ModelOptions
 from stvcli.data.options import DataOptions
@@ -18,6 +18,7 @@ from stvcli.console import say
 from stvcli.engine import InsertMode
 from stvcli.stages.common import get_adapter
 from stvcli.stages.config import Sensitivity
+from stvcli.workspace import check_writable
 
 # The demo lets --auto choose the sensitivity and K (scan) and the insertion with the
 # mean and keep choices (search) on support data (docs/method.md §2.7, §4.8; measured
@@ -28,7 +29,7 @@ DEFAULT_TOP_FRAC = 16 / 72  # 16 of Gemma-3-270m's 18 x 4 heads
 
 
 class DemoConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     workspace: Path = Path("runs/demo")
     task: str = DEFAULT_TASK
@@ -36,12 +37,31 @@ class DemoConfig(BaseModel):
     quick: bool = False  # smoke-run sizes
     force: bool = False
     quiet: bool = False
-    seed: int = 0
+    seed: int = Field(default=0, ge=0)
     sensitivity: Sensitivity | None = None  # None: --auto chooses (checked here, before any stage runs)
-    top_frac: float = DEFAULT_TOP_FRAC
+    top_frac: float = Field(default=DEFAULT_TOP_FRAC, gt=0, le=1)
     insert: InsertMode | None = None  # None: --auto chooses
-    max_icl_shots: int = 32  # cap for icl:max (the shapes prompts are short; see docs/shapes.md)
-    mtv_iterations: int | None = None  # None: the demo's size (the paper uses 600)
+    max_icl_shots: int = Field(default=32, ge=1)  # cap for icl:max (the shapes prompts are short; see docs/shapes.md)
+    mtv_iterations: int | None = Field(default=None, ge=1)  # None: the demo's size (the paper uses 600)
+
+    @field_validator("task")
+    @classmethod
+    def _shapes_task(cls, task: str) -> str:
+        from stvcli.shapes.tasks import shapes_tasks
+
+        names = [t.name for t in shapes_tasks()]
+        if task not in names:
+            raise ValueError(f"{task!r} is not a shapes task; choose from {', '.join(names)}")
+        return task
+
+    @field_validator("backbone")
+    @classmethod
+    def _known_backbone(cls, backbone: str) -> str:
+        from stvcli.shapes.backbones import BACKBONES
+
+        if backbone not in BACKBONES:
+            raise ValueError(f"{backbone!r} is not a backbone; choose from {', '.join(BACKBONES)}")
+        return backbone
 
 
 def demo_sizes(quick: bool) -> dict[str, int]:
@@ -66,6 +86,7 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # the demo prints its own status lines
+    check_writable(config.workspace, "--workspace")
     sizes = demo_sizes(config.quick)
     if config.mtv_iterations is not None:
         sizes["mtv_iterations"] = config.mtv_iterations

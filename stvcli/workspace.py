@@ -18,8 +18,11 @@ file system every rank sees.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +56,24 @@ def file_digest(path: Path) -> str:
 
 
 _DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def check_writable(folder: Path, flag: str) -> None:
+    """Refuse a folder this process cannot write (a file, a read-only mount, no
+    permission) before any model loads, instead of after the forwards."""
+    folder = Path(folder)
+    existing = next(p for p in (folder, *folder.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        where = "" if existing == folder else f" ({existing} is a file)"
+        raise StvError(f"{flag} {folder} is a file, not a folder{where}; give a folder path")
+    try:
+        if existing == folder:  # write a probe and remove it
+            with tempfile.NamedTemporaryFile(dir=folder, prefix=".stv-write-check-"):
+                pass
+        elif not os.access(existing, os.W_OK | os.X_OK):  # created at the first save, not now
+            raise PermissionError(errno.EACCES, "permission denied")
+    except OSError as error:
+        raise StvError(f"cannot write to {flag} {folder} ({error.strerror or error}); give a writable folder") from None
 
 
 def same_settings(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -113,6 +134,9 @@ class Workspace:
             raise ValueError(f"artifact kind {kind!r} has no workspace file")
         return Path(self.root) / file
 
+    def check_writable(self) -> None:
+        check_writable(self.root, "--workspace")
+
     def exists(self, kind: str) -> bool:
         return self.path(kind).exists()
 
@@ -136,10 +160,24 @@ class Workspace:
         """Start a stage that writes ``kind`` from the ``upstream`` artifact: load the
         upstream (refused for another model with ``fingerprint``), settle the settings,
         and find a finished artifact made with exactly them (``done``, said once)."""
+        self.check_writable()
         source = self.load(upstream, fingerprint=fingerprint)
+        self.check_lineage(source)
         settings = self.settings(own, upstream=source)
         why = f"same settings and {upstream}; --force reruns"
         return StageStart(source, settings, self.reuse(kind, settings, why=why))
+
+    def check_lineage(self, artifact: Artifact) -> None:
+        """Refuse an artifact made from other upstream files than this workspace's (one
+        copied from another workspace, or left stale by a forced rerun upstream)."""
+        for kind, spec in KINDS.items():
+            recorded = artifact.settings.get(kind)
+            if spec.file is None or not isinstance(recorded, str) or not self.exists(kind):
+                continue
+            if file_digest(self.path(kind)) != recorded:
+                raise ArtifactError(
+                    f"{artifact.path} was made from another {spec.file} than the one in {self.root}; "
+                    f"rerun `{KINDS[artifact.kind].producer} -w {self.root} --force`")
 
     def reuse(self, kind: str, settings: dict[str, Any], *, why: str = "",
               fingerprint: dict[str, Any] | None = None) -> Artifact | None:

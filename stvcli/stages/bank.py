@@ -81,11 +81,6 @@ def run_bank(config: BankConfig) -> BankResult:
     if config.contexts is None:
         config = config.model_copy(update={"contexts": CONTEXTS_PER_CLUSTER * config.clusters})
     assert config.contexts is not None
-    if config.contexts < config.clusters:
-        raise StvError(
-            f"--contexts {config.contexts} is below --clusters {config.clusters}; k-means needs T >= M "
-            f"(raise --contexts or lower --clusters)"
-        )
     workspace = Workspace(config.workspace, config.force, config.quiet)
     start = workspace.begin("bank", config.settings(), upstream="scan")
     scan, settings, bank = start.upstream, start.settings, start.done

@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from stvcli.config import ModelOptions
 from stvcli.data.options import DataOptions
 from stvcli.engine import InsertMode
 
 Sensitivity = Literal["l2", "relative", "layer"]
+Positive = Annotated[int, Field(ge=1)]
+Seed = Annotated[int, Field(ge=0, le=2**63 - 1)]
+LearningRate = Annotated[float, Field(gt=0, le=100)]
 
 
 class Settings(BaseModel):
     """A config whose fields, less those that only steer the run (``run_only``), are
     what a stage's result depends on: ``settings()`` is recorded in its artifact."""
 
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
     run_only: ClassVar[frozenset[str]] = frozenset({"workspace", "force", "batch_size", "quiet"})
 
     def settings(self) -> dict[str, Any]:
@@ -27,7 +30,7 @@ class Settings(BaseModel):
 
 class RunOptions(Settings):
     force: bool = False
-    batch_size: int | None = None  # None: auto (largest that fits, halved on out-of-memory)
+    batch_size: Positive | None = None  # None: auto (largest that fits, halved on out-of-memory)
     quiet: bool = False
 
 
@@ -38,13 +41,13 @@ class StageOptions(RunOptions):
 class ScanConfig(StageOptions):
     model: ModelOptions
     data: DataOptions
-    shots: int | None = None  # None: the task's default (16 VQA, 4 two-way classification)
-    queries: int = 100
-    top_k: int | None = None
+    shots: Positive | None = None  # None: the task's default (16 VQA, 4 two-way classification)
+    queries: Positive = 100
+    top_k: Positive | None = None
     top_frac: float | None = Field(default=None, gt=0, le=1)
     sensitivity: Sensitivity = "l2"
-    seed: int = 0
-    keep_contexts: int = 100  # many-shot activations kept for the bank (at the K locations)
+    seed: Seed = 0
+    keep_contexts: Positive = 100  # many-shot activations kept for the bank (at the K locations)
     # Queries per sampled demonstration set in the many-shot passes: 1 = the paper's
     # independent sampling; G > 1 encodes each set's prefix once for G queries (faster,
     # fewer independent demonstration sets: see docs/benchmarks.md).
@@ -59,10 +62,6 @@ class ScanConfig(StageOptions):
     def _one_k(self) -> "ScanConfig":
         if self.top_k is not None and self.top_frac is not None:
             raise ValueError("give --top-k or --top-frac, not both")
-        if self.top_k is not None and self.top_k < 1:
-            raise ValueError("--top-k must be at least 1")
-        if self.queries < 1:
-            raise ValueError("--queries must be at least 1")
         return self
 
 
@@ -72,24 +71,31 @@ CONTEXTS_PER_CLUSTER = 8
 
 
 class BankConfig(StageOptions):
-    clusters: int = 32
-    contexts: int | None = None  # None: CONTEXTS_PER_CLUSTER x clusters
-    seed: int = 0
-    niter: int = 25
+    clusters: Positive = 32
+    contexts: Positive | None = None  # None: CONTEXTS_PER_CLUSTER x clusters
+    seed: Seed = 0
+    niter: Positive = 25
+
+    @model_validator(mode="after")
+    def _enough_contexts(self) -> "BankConfig":
+        if self.contexts is not None and self.contexts < self.clusters:
+            raise ValueError(f"--contexts {self.contexts} is below --clusters {self.clusters}: k-means needs "
+                             "T >= M contexts; raise --contexts or lower --clusters")
+        return self
 
 
 class SearchConfig(StageOptions):
     run_only = StageOptions.run_only | {"checkpoint_every"}
 
-    iterations: int = 300
+    iterations: Positive = 300
     samples: int = 32
-    lr: float = 0.1
-    queries_per_iteration: int = 4  # rewards averaged over this many support queries per candidate
+    lr: LearningRate = 0.1
+    queries_per_iteration: Positive = 4  # rewards averaged over this many support queries per candidate
     reward: Literal["first-token", "answer"] = "first-token"
     insert: InsertMode = "replace"
     select: Literal["argmax", "best-of"] = "argmax"
-    best_of: int = 10  # draws scored on a held-out support slice when select = best-of
-    holdout: int = 50  # support items held out for best-of selection, the start check and the diagnostics
+    best_of: Positive = 10  # draws scored on a held-out support slice when select = best-of
+    holdout: int = Field(default=50, ge=0)  # support items held out for best-of selection, the start check and the diagnostics
     # Options beyond the paper (docs/method.md §4.1): per location, the location's mean
     # vector and "keep" (no edit) join the clusters as choices; the policy starts with
     # mean_prior of its mass on the mean, and its final pick is compared with that start.
@@ -99,47 +105,62 @@ class SearchConfig(StageOptions):
     # Pick the insertion (add or replace) by the hold-out reward of the mean vectors and
     # search with the mean and keep choices, best-of selection (docs/method.md §4.8).
     auto: bool = False
-    checkpoint_every: int = 25
-    seed: int = 0
+    checkpoint_every: Positive = 25
+    seed: Seed = 0
 
     @model_validator(mode="after")
     def _enough_samples(self) -> "SearchConfig":
         if self.samples < 2:
             raise ValueError("--samples must be at least 2 (the advantage compares samples)")
-        if self.iterations < 1 or self.queries_per_iteration < 1:
-            raise ValueError("--iterations and --queries-per-iteration must be at least 1")
+        if self.holdout < 1 and (self.select == "best-of" or self.auto):
+            raise ValueError("--holdout must be at least 1 with --select best-of or --auto")
         return self
 
 
 class MTVConfig(Settings):
     run_only = frozenset({"checkpoint_every"})
 
-    iterations: int = 600
-    samples: int = 32
-    lr: float = 0.1
+    iterations: Positive = 600
+    samples: int = Field(default=32, ge=2)
+    lr: LearningRate = 0.1
     init_logit: float = -1.0
-    best_of: int = 10
-    holdout: int = 50
+    best_of: Positive = 10
+    holdout: int = Field(default=50, ge=1)
     insert: InsertMode = "replace"  # the paper's rule; "add" is the separate method mtv-add
     threshold: float | None = Field(default=None, ge=0, lt=1)  # None: the official code's (0.8 Idefics2, else none)
     queries_per_iteration: int = Field(default=1, ge=1)  # the official code: one
-    checkpoint_every: int = 25
-    seed: int = 0
+    checkpoint_every: Positive = 25
+    seed: Seed = 0
 
 
 class EvalConfig(RunOptions):
     workspace: Path | None = None
     vectors: Path | None = None
     methods: list[str] = ["zero-shot", "icl:4", "mtv", "stv"]
-    limit: int | None = None
+    limit: Positive | None = None
     output_path: Path | None = None
     log_samples: bool = False
     insert: InsertMode | None = None  # None: the mode the vectors were searched with
     metric_variant: Literal["standard", "lavis", "official"] = "standard"
-    seed: int = 0
+    seed: Seed = 0
     model: ModelOptions | None = None  # overrides (needed with --vectors only when its model is elsewhere)
     data: DataOptions | None = None
     mtv: MTVConfig = MTVConfig()
+
+    @field_validator("methods")
+    @classmethod
+    def _known_methods(cls, methods: list[str]) -> list[str]:
+        from stvcli.errors import StvError
+        from stvcli.stages.methods import method_list, parse_methods
+
+        names = [m.strip() for m in methods if m.strip()]
+        if not names:
+            raise ValueError(f"--methods names no method; give a comma list of: {method_list()}")
+        try:
+            parse_methods(names)
+        except StvError as error:
+            raise ValueError(str(error)) from None
+        return names
 
     @model_validator(mode="after")
     def _source(self) -> "EvalConfig":

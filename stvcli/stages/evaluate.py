@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from stvcli import distributed as dist
-from stvcli.artifacts import KINDS, compare_fingerprints, load_artifact, versions, write_text_atomic
+from stvcli.artifacts import KINDS, Artifact, check_fingerprint, load_artifact, versions, write_text_atomic
 from stvcli.config import ModelOptions
 from stvcli.console import progress, say
 from stvcli.data.context import check_icl_fits
@@ -33,7 +33,7 @@ from stvcli.stages.common import Meter, get_adapter, run_batched
 from stvcli.stages.config import EvalConfig
 from stvcli.stages.methods import Method, MethodContext, build_intervention, parse_methods, workspace_methods
 from stvcli.vectors import TaskVectors
-from stvcli.workspace import Workspace
+from stvcli.workspace import Workspace, check_writable
 
 __all__ = ["Method", "parse_methods", "run_eval", "markdown_table", "token_counter"]
 
@@ -84,17 +84,16 @@ def evaluate_method(
     return MethodResult(method.name, summarize(scores), samples, meter.summary())
 
 
-def resolve_inputs(config: EvalConfig) -> tuple[ModelOptions, DataOptions, TaskVectors | None]:
+def resolve_inputs(config: EvalConfig) -> tuple[ModelOptions, DataOptions, Artifact | None]:
     """Model and data options from the workspace (or the vectors file), with overrides."""
     vectors_path = config.vectors
     if vectors_path is None and config.workspace is not None:
         candidate = Workspace(config.workspace).path("vectors")
         vectors_path = candidate if candidate.exists() else None
     settings: dict[str, Any] = {}
-    vectors = None
+    artifact = None
     if vectors_path is not None:
         artifact = load_artifact(vectors_path, "vectors")
-        vectors = TaskVectors.from_artifact(artifact)
         settings = artifact.settings
     elif config.workspace is not None:
         settings = Workspace(config.workspace).load("scan").settings
@@ -102,11 +101,12 @@ def resolve_inputs(config: EvalConfig) -> tuple[ModelOptions, DataOptions, TaskV
     data = config.data or (DataOptions(**settings["data"]) if "data" in settings else None)
     if model is None or data is None:
         raise StvError("cannot tell which model and data to evaluate; pass --model and --data/--task")
-    return model, data, vectors
+    return model, data, artifact
 
 
 def run_eval(config: EvalConfig) -> dict[str, Any]:
-    """Evaluate every method, write results.json (and samples), return the results dict.
+    """Evaluate every method, merge this run into results.json (and samples), return
+    this run's results.
 
     Under torchrun each rank generates for its contiguous share of the items; the
     samples are gathered (item order) and rank 0 writes the results.
@@ -116,14 +116,22 @@ def run_eval(config: EvalConfig) -> dict[str, Any]:
     if config.workspace is None and workspace_methods(methods):
         names = ", ".join(m.name for m in workspace_methods(methods))
         raise StvError(f"{names} need the workspace's artifacts; pass --workspace")
-    model_options, data_options, vectors = resolve_inputs(config)
+    output = Path(config.output_path or config.workspace or Path("results"))
+    check_writable(output, "--output-path" if config.output_path or not config.workspace else "--workspace")
+    if config.workspace is not None and workspace_methods(methods):
+        Workspace(config.workspace).check_writable()
+    previous = read_results(output / "results.json", fix="pass another --output-path")
+    model_options, data_options, vectors_artifact = resolve_inputs(config)
     task_data = load_task_data(data_options)
+    check_same_source(previous, task_data.task.name, model_options, data_options, output / "results.json")
     items = task_data.evaluation[: config.limit] if config.limit else task_data.evaluation
     if not items:
         raise StvError("no evaluation items; check --data and --limit")
     adapter = get_adapter(model_options)
-    if vectors is not None:
-        compare_fingerprints(vectors.fingerprint, adapter.fingerprint(), "the vectors file", vectors.model)
+    vectors = None
+    if vectors_artifact is not None:
+        check_fingerprint(vectors_artifact, adapter.fingerprint())
+        vectors = TaskVectors.from_artifact(vectors_artifact)
     workspace = None if config.workspace is None else Workspace(config.workspace, config.force, config.quiet)
     context = MethodContext(config, adapter, task_data, vectors, workspace)
     if isinstance(task_data.task, TemplateTask):
@@ -140,11 +148,50 @@ def run_eval(config: EvalConfig) -> dict[str, Any]:
         say(f"eval: {method.name}: {result.summary['accuracy']:.3f} (n={result.summary['n']})", config.quiet)
     report = build_report(config, model_options, data_options, task.name, results, build_stats)
     report["paired"] = {task.name: paired_comparisons(results, config.seed)}
-    output = config.output_path or config.workspace or Path("results")
     if dist.is_main():
-        write_results(Path(output), report, results if config.log_samples else [], task.name)
+        write_results(output, merge_results(previous, report), results if config.log_samples else [], task.name)
     dist.barrier()
     return report
+
+
+def read_results(path: Path, fix: str) -> dict[str, Any]:
+    """An existing results.json ({} when there is none); a one-line error, naming ``fix``,
+    when it cannot be read, so that nothing overwrites what it holds."""
+    if not path.exists():
+        return {}
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise StvError(f"{path} is not a readable results file ({error}); move it away or {fix}") from None
+    if not isinstance(report, dict) or not isinstance(report.get("results", {}), dict):
+        raise StvError(f"{path} is not an stv results file; move it away or {fix}")
+    return report
+
+
+def check_same_source(previous: dict[str, Any], task_name: str, model: ModelOptions, data: DataOptions,
+                      path: Path) -> None:
+    """Refuse to mix a task's results from two models or data sets in one results.json."""
+    if task_name not in previous.get("results", {}):
+        return
+    before = previous.get("sources", {}).get(task_name) or previous.get("config", {})
+    for key, now in (("model", model.model), ("data", data.data)):
+        then = (before.get(key) or {}).get(key)
+        if then is not None and then != now:
+            raise StvError(f"{path} holds {task_name} results for {key} {then}, not {now}; "
+                           "pass another --output-path")
+
+
+def merge_results(previous: dict[str, Any], report: dict[str, Any]) -> dict[str, Any]:
+    """``report`` with every task and method of ``previous`` it does not redo: a rerun
+    of some methods never drops the others' results."""
+    merged = dict(report)
+    for key in ("results", "paired", "sources"):
+        combined = {task: dict(values) for task, values in previous.get(key, {}).items()}
+        for task, values in report.get(key, {}).items():
+            combined.setdefault(task, {}).update(values)
+        merged[key] = combined
+    merged["stages"] = {**previous.get("stages", {}), **report.get("stages", {})}
+    return merged
 
 
 def _evaluate_shared(adapter, task_data, items, method, intervention, config) -> MethodResult:
@@ -196,6 +243,7 @@ def stage_stats(workspace: Path | None) -> dict[str, Any]:
 def build_report(config, model_options, data_options, task_name, results, build_stats) -> dict[str, Any]:
     return {
         "results": {task_name: {r.method: r.summary for r in results}},
+        "sources": {task_name: {"model": model_options.model_dump(), "data": data_options.model_dump()}},
         "config": {
             "model": model_options.model_dump(),
             "data": data_options.model_dump(),
@@ -216,13 +264,29 @@ def build_report(config, model_options, data_options, task_name, results, build_
 
 def write_results(directory: Path, report: dict[str, Any], results: list[MethodResult], task_name: str) -> Path:
     """results.json (and samples_<task>.jsonl when samples are given), written atomically."""
-    directory.mkdir(parents=True, exist_ok=True)
     path = directory / "results.json"
     write_text_atomic(path, json.dumps(report, indent=2, default=str))
     if results:
-        lines = [json.dumps(sample) for r in results for sample in r.samples]
-        write_text_atomic(directory / f"samples_{task_name}.jsonl", "\n".join(lines) + "\n")
+        samples_path = directory / f"samples_{task_name}.jsonl"
+        redone = {r.method for r in results}
+        kept = [line for line in _lines(samples_path) if json.loads(line).get("method") not in redone]
+        lines = kept + [json.dumps(sample) for r in results for sample in r.samples]
+        write_text_atomic(samples_path, "\n".join(lines) + "\n")
     return path
+
+
+def _lines(path: Path) -> list[str]:
+    """The JSON lines of an earlier samples file (unreadable lines are dropped)."""
+    if not path.exists():
+        return []
+    lines = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            if isinstance(json.loads(line), dict):
+                lines.append(line)
+        except json.JSONDecodeError:
+            continue
+    return lines
 
 
 def markdown_table(report: dict[str, Any]) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import matplotlib
@@ -11,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from stvcli.workspace import Workspace  # noqa: E402
+from stvcli.workspace import Workspace, check_writable  # noqa: E402
 
 
 def sensitivity_heatmap(
@@ -96,10 +95,13 @@ def accuracy_chart(results: dict, path: Path) -> Path:
 
 def write_report(workspace: Path, output: Path) -> list[Path]:
     """Every picture the workspace has the artifacts for."""
-    output.mkdir(parents=True, exist_ok=True)
-    written = []
+    from stvcli.stages.evaluate import read_results
+
+    check_writable(output, "--output-path")
     space = Workspace(workspace)
     scan = space.load("scan")
+    results = read_results(workspace / "results.json", fix="rerun `stv eval`")
+    written = []
     model_name = Path(str(scan.meta.get("model"))).name
     written.append(sensitivity_heatmap(scan["scores"], scan["locations"], output / "sensitivity.png",
                                        f"{model_name} / {scan.settings.get('task')}",
@@ -117,14 +119,14 @@ def write_report(workspace: Path, output: Path) -> list[Path]:
         written.append(reward_curve({k: v for k, v in curves.items() if v}, output / "search_rewards.png"))
     if histories:
         written.append(search_diagnostics(histories, diagnostics, output / "search_diagnostics.png"))
-    results_path = workspace / "results.json"
-    if results_path.exists():
-        written.append(accuracy_chart(json.loads(results_path.read_text()), output / "accuracy.png"))
+    if results.get("results"):
+        written.append(accuracy_chart(results, output / "accuracy.png"))
     return written
 
 
 def _save(figure, path: Path) -> Path:
     figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}.tmp.png")
     figure.savefig(temp, dpi=130)
     plt.close(figure)

@@ -215,6 +215,7 @@ def run_scan(config: ScanConfig, task_data: TaskData | None = None) -> ScanResul
     """
     dist.init()
     workspace = Workspace(config.workspace, config.force, config.quiet)
+    workspace.check_writable()
     task_data = task_data or load_task_data(config.data)
     task = task_data.task
     shots = config.shots if config.shots is not None else task.default_shots

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from stvcli import distributed as dist
+from stvcli.artifacts import check_fingerprint
 from stvcli.config import ModelOptions
 from stvcli.console import say
 from stvcli.data.loading import load_task_data
@@ -123,7 +124,6 @@ def run_search(config: SearchConfig) -> SearchResult:
                             extra.get("stats", {}), extra.get("diagnostics"))
 
     locations, baseline = bank_artifact["locations"], bank_artifact["baseline"]
-    adapter = get_adapter(ModelOptions(**bank_artifact.settings["model"]))
     task_data = load_task_data(DataOptions(**bank_artifact.settings["data"]))
     scan = workspace.load("scan")
     context_uids = set(scan.meta["extra"].get("query_uids", [])) | set(bank_artifact.meta["extra"].get("context_uids", []))
@@ -133,6 +133,8 @@ def run_search(config: SearchConfig) -> SearchResult:
                              fix="lower --holdout or --queries-per-iteration, scan fewer --queries, build the bank "
                                  "from fewer --contexts, or give more support data")
     holdout, train = queries.holdout, queries.train
+    adapter = get_adapter(ModelOptions(**bank_artifact.settings["model"]))
+    check_fingerprint(bank_artifact, adapter.fingerprint())
 
     meter = Meter()
     auto = None

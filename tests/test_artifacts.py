@@ -83,3 +83,53 @@ def test_failed_write_leaves_nothing_behind(tmp_path, monkeypatch):
         write_scan(tmp_path / "scan.safetensors")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["scan.safetensors"]
     assert (tmp_path / "scan.safetensors").read_bytes() == before
+
+
+def write_vectors(path, vectors=None, locations=None, fingerprint=FP):
+    locations = torch.tensor([[0, 1], [1, 3]]) if locations is None else locations
+    vectors = torch.rand(2, 16) if vectors is None else vectors
+    tensors = {"vectors": vectors, "locations": locations, "logits": torch.zeros(2, 3), "baseline": torch.rand(2, 16)}
+    return save_artifact(path, "vectors", tensors, model="tiny", fingerprint=fingerprint, settings={}, seed=0)
+
+
+@pytest.mark.parametrize(
+    "vectors, locations, fragment",
+    [
+        (torch.full((2, 16), float("nan")), None, "NaN"),
+        (torch.full((2, 16), float("inf")), None, "NaN or infinite"),
+        (torch.rand(2, 32), None, "32 wide"),
+        (None, torch.tensor([[2, 0], [0, 0]]), "layer 2 is out of range"),
+        (None, torch.tensor([[0, 4], [0, 0]]), "head 4 is out of range"),
+        (None, torch.tensor([[0, -1], [0, 0]]), "non-negative"),
+    ],
+)
+def test_loaded_values_and_locations_must_fit_the_model(tmp_path, vectors, locations, fragment):
+    path = write_vectors(tmp_path / "v.safetensors", vectors, locations)
+    with pytest.raises(ArtifactError, match=fragment):
+        load_artifact(path, "vectors")
+
+
+def test_geometry_is_checked_against_the_model_it_is_used_with(tmp_path):
+    """A file whose own fingerprint says nothing of geometry still cannot write outside this model."""
+    path = write_vectors(tmp_path / "v.safetensors", locations=torch.tensor([[0, 1], [1, 3]]), fingerprint={})
+    load_artifact(path, "vectors")  # nothing to check it against
+    with pytest.raises(ArtifactError, match="head 3 is out of range"):
+        load_artifact(path, "vectors", fingerprint={"n_layers": 2, "n_heads": 3, "head_dim": 16})
+    with pytest.raises(ArtifactError, match="16 wide, the model's heads 8"):
+        load_artifact(path, "vectors", fingerprint={"n_layers": 2, "n_heads": 4, "head_dim": 8})
+
+
+def test_a_folder_is_not_an_artifact(tmp_path):
+    with pytest.raises(ArtifactError, match="is a folder"):
+        load_artifact(tmp_path, "vectors")
+
+
+def test_written_files_honour_the_umask(tmp_path):
+    import os
+
+    old = os.umask(0o027)
+    try:
+        path = write_scan(tmp_path / "scan.safetensors")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o640

@@ -77,3 +77,28 @@ def test_offline_hub_model_is_one_line(tmp_path, monkeypatch):
     result = invoke("scan", "--model", "some-org/not-here", "-w", str(tmp_path / "W"), "--task", "text",
                     "--data", str(data))
     assert_one_line_error(result, "some-org/not-here")
+
+
+@pytest.mark.parametrize(
+    "loc, flag",
+    [(("mtv", "threshold"), "--mtv-threshold"), (("top_frac",), "--top-frac"), (("data", "eval_limit"), "--eval-limit"),
+     (("model", "model"), "--model"), (("model", "max_memory"), "--max-memory"), (("methods", 0), "--methods"), ((), "")],
+)
+def test_flag_name_is_the_option_the_user_typed(loc, flag):
+    from stvcli.cli import flag_name
+
+    assert flag_name(loc) == flag
+
+
+def test_validation_message_names_the_flag_and_the_value():
+    from pydantic import ValidationError
+
+    from stvcli.cli import validation_message
+    from stvcli.stages.config import EvalConfig, SearchConfig
+
+    with pytest.raises(ValidationError) as caught:
+        SearchConfig(workspace="w", lr=-1)
+    assert validation_message(caught.value) == "--lr must be greater than 0, not -1"
+    with pytest.raises(ValidationError) as caught:
+        EvalConfig(workspace="w", mtv={"threshold": 1.5})
+    assert validation_message(caught.value).startswith("--mtv-threshold must be less than 1")

@@ -130,3 +130,35 @@ def test_begin_loads_the_upstream_settles_settings_and_finds_a_finished_artifact
     assert space.begin("vectors", {"iterations": 3}, upstream="bank").done is None
     with pytest.raises(ArtifactError, match="another model"):
         space.begin("vectors", {"iterations": 2}, upstream="bank", fingerprint={"n_layers": 3})
+
+
+def test_check_writable_refuses_files_and_read_only_folders_without_creating_anything(tmp_path):
+    import os
+
+    from stvcli.workspace import check_writable
+
+    file = tmp_path / "file.txt"
+    file.write_text("x")
+    with pytest.raises(StvError, match="--workspace .* is a file"):
+        check_writable(file, "--workspace")
+    with pytest.raises(StvError, match="is a file"):
+        check_writable(file / "sub", "--workspace")
+    check_writable(tmp_path / "new" / "deeper", "--workspace")
+    assert not (tmp_path / "new").exists()  # checked, not created
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt"]  # the probe is gone
+    if os.geteuid() != 0:  # root writes anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o555)
+        with pytest.raises(StvError, match="cannot write to --output-path"):
+            check_writable(locked, "--output-path")
+
+
+def test_lineage_refuses_an_artifact_made_from_another_upstream_file(tmp_path):
+    space = Workspace(tmp_path / "w")
+    scan = {"scores": torch.rand(2, 2), "locations": torch.tensor([[0, 1], [1, 0]])}
+    space.save("scan", scan, settings={"seed": 0}, provenance=PROVENANCE)
+    _bank(space, space.settings({"clusters": 3}, upstream=space.load("scan")))
+    space.check_lineage(space.load("bank"))  # made from this scan
+    space.save("scan", {**scan, "scores": torch.rand(2, 2)}, settings={"seed": 1}, provenance=PROVENANCE)
+    with pytest.raises(ArtifactError, match="another scan.safetensors.*stv bank -w .* --force"):
+        space.check_lineage(space.load("bank"))

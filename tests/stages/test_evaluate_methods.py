@@ -25,3 +25,42 @@ def test_duplicate_methods_refused():
 def test_markdown_table():
     report = {"results": {"t": {"stv": {"accuracy": 0.5, "ci_low": 0.4, "ci_high": 0.6, "n": 10}}}}
     assert "| t | stv | 50.0 | [40.0, 60.0] | 10 |" in markdown_table(report)
+
+
+def test_merge_keeps_what_a_rerun_does_not_redo():
+    from stvcli.stages.evaluate import merge_results
+
+    previous = {"results": {"t": {"zero-shot": {"accuracy": 0.1}, "stv": {"accuracy": 0.5}}, "u": {"icl:4": {}}},
+                "paired": {"t": {"stv - zero-shot": {"difference": 0.4}}}, "stages": {"scan": {"forwards": 8}}}
+    report = {"results": {"t": {"stv": {"accuracy": 0.6}, "mtv": {"accuracy": 0.3}}},
+              "paired": {"t": {"stv - mtv": {"difference": 0.3}}}, "stages": {"eval": {}}}
+    merged = merge_results(previous, report)
+    assert merged["results"] == {"t": {"zero-shot": {"accuracy": 0.1}, "stv": {"accuracy": 0.6},
+                                       "mtv": {"accuracy": 0.3}}, "u": {"icl:4": {}}}
+    assert set(merged["paired"]["t"]) == {"stv - zero-shot", "stv - mtv"}
+    assert merged["stages"] == {"scan": {"forwards": 8}, "eval": {}}
+
+
+def test_read_results_refuses_a_broken_file_and_reads_nothing_from_a_missing_one(tmp_path):
+    from stvcli.stages.evaluate import read_results
+
+    assert read_results(tmp_path / "results.json", fix="x") == {}
+    (tmp_path / "results.json").write_text('{"results": {"t": ')
+    with pytest.raises(StvError, match="not a readable results file.*pass another --output-path"):
+        read_results(tmp_path / "results.json", fix="pass another --output-path")
+    (tmp_path / "results.json").write_text("[1, 2]")
+    with pytest.raises(StvError, match="not an stv results file"):
+        read_results(tmp_path / "results.json", fix="x")
+
+
+def test_one_results_file_never_mixes_two_models_for_a_task(tmp_path):
+    from stvcli.config import ModelOptions
+    from stvcli.data.options import DataOptions
+    from stvcli.stages.evaluate import check_same_source
+
+    previous = {"results": {"t": {}}, "sources": {"t": {"model": {"model": "a"}, "data": {"data": "d.jsonl"}}}}
+    data = DataOptions.model_construct(task="t", data="d.jsonl")
+    check_same_source(previous, "t", ModelOptions.model_construct(model="a"), data, tmp_path)
+    check_same_source(previous, "other-task", ModelOptions.model_construct(model="b"), data, tmp_path)
+    with pytest.raises(StvError, match="model a, not b"):
+        check_same_source(previous, "t", ModelOptions.model_construct(model="b"), data, tmp_path)

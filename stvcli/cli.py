@@ -123,7 +123,8 @@ def validation_message(error: ValidationError) -> str:
     message = str(first.get("msg", error)).removeprefix("Value error, ")
     message = message.replace("Input should be", "must be").replace("String should", "must")
     value = first.get("input")
-    shown = f", not {value!r}" if flag and isinstance(value, (int, float, str)) and len(repr(value)) < 60 else ""
+    plain = isinstance(value, (int, float, str)) and len(repr(value)) < 60 and first.get("type") != "value_error"
+    shown = f", not {value!r}" if flag and plain else ""
     return f"{flag} {message}{shown}" if flag else message
 
 

@@ -199,7 +199,7 @@ CASES = [
      "no-such-task", None),
     ("scan-binary-data", SCAN, "UTF-8", binary_data),
     ("scan-latin1-data", SCAN, "UTF-8", latin1_data),
-    ("scan-broken-json", SCAN, "line 2", broken_json_data),
+    ("scan-broken-json", SCAN, "broken.jsonl:2", broken_json_data),
     ("scan-long-question", [*SCAN, "--shots", "2", "--queries", "4"], "token", long_question_data),
     ("scan-workspace-is-file", ["scan", "--model", "MODEL", "-w", "FILE", "--task", "text", "--data", "DATA"],
      "is a file", a_file),

@@ -72,7 +72,8 @@ class EpisodeFileSource(RecordFileSource):
         for index, record in enumerate(self.records):
             missing = [key for key in ("pos", "neg", "query", "pos_label", "neg_label") if key not in record]
             if missing:
-                raise DataError(f"{self.label}: episode {index + 1} lacks {', '.join(missing)}; each needs pos, neg, query, pos_label, neg_label")
+                where = self.where[index] if self.where else f"{self.label}: episode {index + 1}"
+                raise DataError(f"{where} lacks {', '.join(missing)}; each episode needs pos, neg, query, pos_label, neg_label")
             pos, neg, query = (FileImage(resolve_path(str(record[key]), self.base)) for key in ("pos", "neg", "query"))
             paths += [pos.path, neg.path, query.path]
             classes = [(str(record["pos_label"]), [pos]), (str(record["neg_label"]), [neg])]

@@ -22,9 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from stvcli.errors import DataError
+from stvcli.paths import absolute_if_local, existing_path
 
 SourceKind = Literal["hub", "jsonl", "json", "imagefolder", "plugin"]
 
@@ -51,6 +52,38 @@ class DataOptions(BaseModel):
     seed: int = 0
     support_limit: int | None = Field(default=None, ge=1)
     eval_limit: int | None = Field(default=None, ge=1)
+
+    @field_validator("data", "eval_data")
+    @classmethod
+    def _local_spec_absolute(cls, value: str | None) -> str | None:
+        return None if value is None else absolute_spec(value)
+
+    @field_validator("image_root")
+    @classmethod
+    def _image_root_absolute(cls, value: str | None) -> str | None:
+        return absolute_if_local(value)
+
+
+def absolute_spec(raw: str) -> str:
+    """A data spec with its local file or folder made absolute (``path[:split]``), read as
+    ``parse_spec`` reads it; hub ids, ``hf:`` and registered ``prefix:rest`` specs stay as given."""
+    text = raw.strip()
+    head, sep, _ = text.partition(":")
+    if sep and head == "hf":
+        return raw
+    path, split = existing_path(text), None
+    if path is None and ":" in text:
+        base, suffix = text.rsplit(":", 1)
+        if _SPLIT.match(suffix):
+            path, split = existing_path(base), suffix
+    if path is None:
+        return raw
+    if sep:
+        from stvcli.data.sources import source_prefixes  # plugins register on first use
+
+        if head in source_prefixes():
+            return raw
+    return str(path) if split is None else f"{path}:{split}"
 
 
 @dataclass(frozen=True)

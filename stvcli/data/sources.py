@@ -7,7 +7,6 @@ split into Items for a task kind. Plugins (``register_source``) hand over ready 
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -18,6 +17,7 @@ from typing import Any, Protocol
 from stvcli.data.columns import ImageMaker, RowConverter, convert_rows, resolve_columns
 from stvcli.data.images import IMAGE_SUFFIXES, FileImage, HubImage, bytes_key, check_files_exist, pil_key, resolve_path
 from stvcli.data.options import DataOptions, SourceSpec
+from stvcli.data.textfiles import read_json_list, read_jsonl
 from stvcli.data.types import Item, TaskKind
 from stvcli.errors import DataError
 from stvcli.registry import Registry
@@ -108,14 +108,15 @@ def open_source(spec: SourceSpec, options: DataOptions) -> Source:
     if spec.kind == "hub":
         return HubSource(spec, options)
     if spec.kind == "jsonl":
-        return RecordFileSource(spec, options, _read_jsonl(Path(spec.location)))
+        read = read_jsonl(Path(spec.location))
+        return RecordFileSource(spec, options, read.rows, where=read.where)
     if spec.kind == "json":
-        records = _read_json(Path(spec.location))
-        if _is_episode_list(records):
+        read = read_json_list(Path(spec.location))
+        if _is_episode_list(read.rows):
             from stvcli.data.episodes import EpisodeFileSource
 
-            return EpisodeFileSource(spec, options, records)
-        return RecordFileSource(spec, options, records)
+            return EpisodeFileSource(spec, options, read.rows, where=read.where)
+        return RecordFileSource(spec, options, read.rows, where=read.where)
     if spec.kind == "imagefolder":
         return ImageFolderSource(spec, options)
     raise DataError(f"{spec.raw}: a registered source cannot be opened as a file or hub source")
@@ -238,6 +239,7 @@ class RecordFileSource:
     default_support_split: str | None = None
     default_eval_split: str | None = None
     skipped: dict[str | None, int] = field(default_factory=dict)
+    where: list[str] | None = None  # per record, for messages: "file:line" (JSONL) or "file entry N"
 
     def __post_init__(self) -> None:
         self.label = Path(self.spec.location).name
@@ -247,29 +249,40 @@ class RecordFileSource:
         return []
 
     def items(self, split: str | None, kind: TaskKind) -> list[Item]:
-        items, self.skipped[split] = records_to_items(self.records, kind, self.label, self.base, self.options.columns)
+        items, self.skipped[split] = records_to_items(self.records, kind, self.label, self.base, self.options.columns,
+                                                      self.where)
         return items
 
 
 def records_to_items(
-    records: list[dict[str, Any]], kind: TaskKind, label: str, base: str, mapping: dict[str, str] | None
+    records: list[dict[str, Any]],
+    kind: TaskKind,
+    label: str,
+    base: str,
+    mapping: dict[str, str] | None,
+    where: list[str] | None = None,
 ) -> tuple[list[Item], int]:
     """Local records -> (Items, records skipped for lacking answers or a label).
 
-    Image paths are resolved against ``base`` and checked to exist.
+    Image paths are resolved against ``base`` and checked to exist. ``where`` names each
+    record in messages (``file:line``); a record without a field the task needs is a
+    DataError naming it.
     """
     available = sorted({key for record in records for key in record})
     columns = resolve_columns(available, kind, label, mapping)
     paths: list[str] = []
 
+    def name(index: int) -> str:
+        return where[index] if where is not None and index < len(where) else f"{label} record {index + 1}"
+
     def make(value: Any, index: int, position: int | None) -> tuple[FileImage, str]:
         if not isinstance(value, str):
-            raise DataError(f"{label}: record {index + 1} has a non-path image value; give image paths as strings")
+            raise DataError(f"{name(index)} has a non-path image value; give image paths as strings")
         image = FileImage(resolve_path(value, base))
         paths.append(image.path)
         return image, image.key
 
-    converter = RowConverter(kind, columns, origin=label, make_image=make)
+    converter = RowConverter(kind, columns, origin=label, make_image=make, where=name, local=True)
     items = convert_rows(records, converter)
     check_files_exist(paths, label)
     return items, converter.dropped
@@ -303,12 +316,14 @@ class ImageFolderSource:
         label = f"{self.label}/{split}" if split else self.label
         origin = split or self.label
         metadata = folder / "metadata.jsonl"
+        where = None
         if metadata.is_file():
             base = self.options.image_root or str(folder)
-            records = _read_jsonl(metadata)
+            read = read_jsonl(metadata)
+            records, where = read.rows, read.where
         else:
             base, records = str(folder), self._class_records(folder, label)
-        items, self.skipped[split] = records_to_items(records, kind, origin, base, self.options.columns)
+        items, self.skipped[split] = records_to_items(records, kind, origin, base, self.options.columns, where)
         return items
 
     @staticmethod
@@ -327,32 +342,6 @@ class ImageFolderSource:
 
 def _is_image_folder(folder: Path) -> bool:
     return (folder / "metadata.jsonl").is_file() or any(child.is_dir() for child in folder.iterdir())
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    records = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path.name}:{number} is not valid JSON ({exc.msg}); fix that line") from exc
-            if not isinstance(record, dict):
-                raise DataError(f"{path.name}:{number} is not a JSON object; write one object per line")
-            records.append(record)
-    return records
-
-
-def _read_json(path: Path) -> list[dict[str, Any]]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path.name} is not valid JSON (line {exc.lineno}: {exc.msg}); fix the file") from exc
-    if not isinstance(data, list) or not all(isinstance(entry, dict) for entry in data):
-        raise DataError(f"{path.name} must hold a JSON list of objects (records or MTV episodes); see docs/data.md")
-    return data
 
 
 def _is_episode_list(records: list[dict[str, Any]]) -> bool:

@@ -17,9 +17,15 @@ import torch
 from torch import nn
 
 from stvcli.errors import ModelError
-from stvcli.prompt import Prompt
+from stvcli.prompt import IMAGE_PLACEHOLDER, Prompt
 
 _PROJECTION_NAMES = ("o_proj", "c_proj", "out_proj", "dense")
+#: Processor attributes that hold image/video markup strings (families differ in which they have).
+_PROCESSOR_TOKENS = (
+    "image_token", "fake_image_token", "global_image_tag", "global_image_token", "video_token", "boi_token",
+    "eoi_token", "image_start_token", "image_end_token", "vision_start_token", "vision_end_token",
+    "end_of_utterance_token",
+)  # fmt: skip
 
 
 class ModelAdapter:
@@ -32,6 +38,9 @@ class ModelAdapter:
     #: Whether a cached prompt prefix + a step over the rest equals the full forward
     #: (checked by tests for the family); ``stvcli.prefix`` uses the full forward otherwise.
     prefix_sharing: bool = False
+    #: Markup the family's tokenizer or processor gives a meaning to that its special
+    #: tokens do not list (e.g. Qwen-VL's ``<img>...</img>``); see ``reserved_text``.
+    reserved_markup: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
@@ -116,6 +125,33 @@ class ModelAdapter:
         return n_heads, int(head_dim)
 
     # ------------------------------------------------------------------ prompts
+    @property
+    def reserved_text(self) -> tuple[str, ...]:
+        """Strings user text may not contain (``stvcli.prompt.reserved_in`` finds them).
+
+        The neutral ``<image>`` placeholder (for every model: the prompt format counts it
+        as an image slot), the tokenizer's special tokens (BOS/EOS, chat turns, image pads,
+        ...), the processor's image tokens and the family's ``reserved_markup``.
+        """
+        cached = self.__dict__.get("_reserved_text")
+        if cached is None:
+            cached = self.__dict__["_reserved_text"] = tuple(sorted(self._reserved_strings()))
+        return cached
+
+    def _reserved_strings(self) -> set[str]:
+        found = {IMAGE_PLACEHOLDER, *self.reserved_markup}
+        tokenizer = self.tokenizer
+        found.update(str(token) for token in getattr(tokenizer, "all_special_tokens", None) or ())
+        decoder = getattr(tokenizer, "added_tokens_decoder", None) or {}
+        found.update(str(token.content) for token in decoder.values() if getattr(token, "special", False))
+        for name in _PROCESSOR_TOKENS:
+            value = getattr(self.processor, name, None)
+            value = getattr(value, "content", value)  # AddedToken or str
+            if isinstance(value, str):
+                found.add(value)
+        # a one- or two-character "special token" would forbid ordinary text; none of the families has one
+        return {text for text in found if len(text.strip()) >= 3}
+
     def render_text(self, text: str, n_images: int) -> str:
         """The prompt string the processor sees: chat template and image tokens applied."""
         if n_images:
@@ -136,6 +172,17 @@ class ModelAdapter:
         """
         texts = [self.render_text(p.text, len(p.images)) for p in prompts]
         return self._encode_rendered(texts, prompts)
+
+    def token_counts(self, prompts: Sequence[Prompt], batch_size: int = 16) -> list[int]:
+        """Each prompt's length in tokens as the model would see it (chat template and image
+        tokens included), from the processor alone: no forward, nothing moved to the device."""
+        counts: list[int] = []
+        for start in range(0, len(prompts), batch_size):
+            chunk = prompts[start : start + batch_size]
+            texts = [self.render_text(p.text, len(p.images)) for p in chunk]
+            inputs = self._encode_batch(texts, [list(p.images) for p in chunk])
+            counts += [int(n) for n in inputs["attention_mask"].sum(1).tolist()]
+        return counts
 
     def _encode_rendered(self, texts: list[str], prompts: Sequence[Prompt]) -> dict[str, torch.Tensor]:
         inputs = self._encode_batch(texts, [list(p.images) for p in prompts])

@@ -21,6 +21,7 @@ class Idefics2Adapter(VisionAdapter):
     architectures: ClassVar[tuple[str, ...]] = ("Idefics2ForConditionalGeneration",)
     prefix_sharing: bool = True
     nested_images: ClassVar[bool] = True
+    reserved_markup: ClassVar[tuple[str, ...]] = ("<fake_token_around_image>", "<end_of_utterance>")
     #: MTV's reference code prompts Idefics2 with raw text; --chat-template opts in.
     chat_template_default: ClassVar[bool] = False
 

@@ -31,6 +31,7 @@ class Idefics3Adapter(VisionAdapter):
     )
     prefix_sharing: bool = True
     nested_images: ClassVar[bool] = True
+    reserved_markup: ClassVar[tuple[str, ...]] = ("<fake_token_around_image>", "<global-img>", "<end_of_utterance>")
 
     @classmethod
     def processor_from_parts(cls, config: Any, tokenizer: Any, image_processor: Any) -> Any:

@@ -42,6 +42,7 @@ class Qwen2VLAdapter(VisionAdapter):
     architectures: ClassVar[tuple[str, ...]] = ("Qwen2VLForConditionalGeneration",)
     prefix_sharing: bool = True
     processor_class: ClassVar[type] = Qwen2VLImageOnlyProcessor
+    reserved_markup: ClassVar[tuple[str, ...]] = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
 
     @classmethod
     def processor_from_parts(cls, config: Any, tokenizer: Any, image_processor: Any) -> Any:

@@ -29,6 +29,12 @@ class QwenVLAdapter(TextAdapter):
     family: ClassVar[str] = "qwen-vl"
     architectures: ClassVar[tuple[str, ...]] = ("QWenLMHeadModel",)
     prefix_sharing: bool = False
+    #: Its tokenizer reads ``<img>PATH</img>`` as an image file to load, and the grounding
+    #: tags as boxes and references.
+    reserved_markup: ClassVar[tuple[str, ...]] = (
+        "<img>", "</img>", "<imgpad>", "<ref>", "</ref>", "<box>", "</box>", "<quad>", "</quad>",
+        "<|endoftext|>", "<|im_start|>", "<|im_end|>",
+    )  # fmt: skip
 
     def __init__(self, model: nn.Module, processor: Any, name: str, **kwargs: Any) -> None:
         tokenizer = getattr(processor, "tokenizer", processor)

@@ -22,7 +22,7 @@ from stvcli.data.loading import load_task_data
 from stvcli.data.options import DataOptions
 from stvcli.data.types import Item
 from stvcli.errors import StvError
-from stvcli.stages.common import Meter, get_adapter
+from stvcli.stages.common import Meter, check_inputs, get_adapter
 from stvcli.stages.config import CONTEXTS_PER_CLUSTER, BankConfig
 from stvcli.stages.scan import capture_prompts, many_shot_prompts
 from stvcli.workspace import Provenance, Workspace
@@ -137,6 +137,8 @@ def _more_contexts(workspace: Workspace, config: BankConfig, scan_settings: dict
     task_data = load_task_data(DataOptions(**scan_settings["data"]))
     rng = random.Random(f"bank:{config.seed}")  # not Random(seed): the scan draws its queries from that
     queries = context_queries(task_data.support, kept, missing, rng)
+    check_inputs(adapter, task_data.task, queries, task_data.support, scan_settings["shots"], stage="bank",
+                 fix="rerun stv scan with --shots {n} or fewer")
     prompts = many_shot_prompts(task_data.task, queries, task_data.support, scan_settings["shots"], rng)
 
     def share(start: int, stop: int):

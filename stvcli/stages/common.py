@@ -12,6 +12,8 @@ from typing import Any, TypeVar
 
 import torch
 
+from stvcli.data.context import check_prompts_fit
+from stvcli.data.reserved import check_item_text
 from stvcli.scoring import default_batch_size
 
 T = TypeVar("T")
@@ -94,3 +96,32 @@ def get_adapter(options: Any) -> Any:
     if key not in _ADAPTERS:
         _ADAPTERS[key] = load_model(options)
     return _ADAPTERS[key]
+
+
+def check_inputs(
+    adapter: Any,
+    task: Any,
+    queries: Sequence[Any],
+    pool: Sequence[Any] = (),
+    shots: int = 0,
+    *,
+    stage: str,
+    answers: bool = False,
+    reserve: int = 0,
+    fix: str = "use --shots {n} or fewer",
+) -> int:
+    """What every stage checks before building prompts and running its first forward:
+
+    1. no item text (``queries`` and ``pool``) holds the model's reserved strings (the
+       ``<image>`` placeholder, image and special tokens: ``adapter.reserved_text``);
+    2. the longest prompt it builds fits ``adapter.context_length``: every query's
+       zero-shot prompt (with its target when ``answers``) and, with ``shots`` > 0, the
+       longest query with the pool's ``shots`` longest demonstrations
+       (``stvcli.data.context.check_prompts_fit``).
+
+    Raises a one-line DataError naming the item, or the ``--shots`` that fits (``fix``).
+    Returns the tokens of the longest prompt.
+    """
+    check_item_text([*queries, *pool], adapter.reserved_text)
+    return check_prompts_fit(adapter.token_counts, task, queries, pool, shots, adapter.context_length, stage=stage,
+                             answers=answers, reserve=reserve, fix=fix)

@@ -29,7 +29,7 @@ from stvcli.errors import StvError
 from stvcli.metrics import paired_difference, summarize
 from stvcli.models.base import ModelAdapter
 from stvcli.scoring import generate
-from stvcli.stages.common import Meter, get_adapter, run_batched
+from stvcli.stages.common import Meter, check_inputs, get_adapter, run_batched
 from stvcli.stages.config import EvalConfig
 from stvcli.stages.methods import Method, MethodContext, build_intervention, parse_methods, workspace_methods
 from stvcli.vectors import TaskVectors
@@ -128,6 +128,8 @@ def run_eval(config: EvalConfig) -> dict[str, Any]:
     if not items:
         raise StvError("no evaluation items; check --data and --limit")
     adapter = get_adapter(model_options)
+    check_inputs(adapter, task_data.task, items, task_data.support, stage="eval",
+                 reserve=task_data.task.max_new_tokens)
     vectors = None
     if vectors_artifact is not None:
         check_fingerprint(vectors_artifact, adapter.fingerprint())

@@ -22,7 +22,7 @@ from stvcli.console import say
 from stvcli.data.types import TaskData
 from stvcli.engine import InsertMode, Intervention, all_locations
 from stvcli.models.base import ModelAdapter
-from stvcli.stages.common import Meter
+from stvcli.stages.common import Meter, check_inputs
 from stvcli.stages.config import MTVConfig
 from stvcli.stages.reinforce import BernoulliPolicy, CandidateScorer, Checkpoint, best_draw, reinforce, search_queries
 from stvcli.vectors import make_intervention
@@ -69,6 +69,7 @@ def run_mtv(
                              config.holdout, config.queries_per_iteration,
                              fix="lower the MTV hold-out, scan fewer --queries, or give more support data")
     holdout, train = queries.holdout, queries.train
+    check_inputs(adapter, task_data.task, holdout + train, stage="mtv", answers=True)
 
     meter = Meter()
     score = CandidateScorer(

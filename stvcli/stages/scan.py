@@ -24,7 +24,7 @@ from stvcli.engine import capturing
 from stvcli.errors import StvError
 from stvcli.models.base import ModelAdapter
 from stvcli.scoring import default_batch_size
-from stvcli.stages.common import Meter, get_adapter, run_batched
+from stvcli.stages.common import Meter, check_inputs, get_adapter, run_batched
 from stvcli.stages.config import ScanConfig
 from stvcli.workspace import Provenance, Shares, Workspace
 
@@ -236,6 +236,7 @@ def run_scan(config: ScanConfig, task_data: TaskData | None = None) -> ScanResul
     if n_queries < config.queries:
         say(f"scan: the support pool has {len(support)} items; scanning {n_queries} queries", config.quiet)
     queries = rng.sample(support, n_queries)
+    check_inputs(adapter, task, queries, support, shots, stage="scan")  # before any prompt is built or run
     zero_prompts = [task.build_prompt(q) for q in queries]
     many_prompts = many_shot_prompts(task, queries, support, shots, rng, config.group_size)
 

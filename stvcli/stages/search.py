@@ -25,7 +25,7 @@ from stvcli.console import say
 from stvcli.data.loading import load_task_data
 from stvcli.data.options import DataOptions
 from stvcli.engine import InsertMode, Intervention
-from stvcli.stages.common import Meter, get_adapter
+from stvcli.stages.common import Meter, check_inputs, get_adapter
 from stvcli.stages.config import SearchConfig
 from stvcli.stages.reinforce import (
     CandidateScorer,
@@ -135,6 +135,7 @@ def run_search(config: SearchConfig) -> SearchResult:
     holdout, train = queries.holdout, queries.train
     adapter = get_adapter(ModelOptions(**bank_artifact.settings["model"]))
     check_fingerprint(bank_artifact, adapter.fingerprint())
+    check_inputs(adapter, task_data.task, holdout + train, stage="search", answers=True)
 
     meter = Meter()
     auto = None

@@ -56,3 +56,32 @@ def test_data_options_validate():
         DataOptions(task="vizwiz", eval_limit=0)
     with pytest.raises(ValidationError):
         DataOptions(task="vizwiz", shots=3)
+
+
+def test_local_data_paths_are_stored_absolute(tmp_path, monkeypatch):
+    """Artifacts record these options; a later stage may run from another directory."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sets" / "folder" / "train").mkdir(parents=True)
+    (tmp_path / "sets" / "v.jsonl").write_text("{}\n")
+    (tmp_path / "pics").mkdir()
+    options = DataOptions(task="vqa", data="sets/v.jsonl", eval_data="./sets/folder:train", image_root="pics")
+    assert options.data == str(tmp_path / "sets" / "v.jsonl")
+    assert options.eval_data == f"{tmp_path / 'sets' / 'folder'}:train"
+    assert options.image_root == str(tmp_path / "pics")
+    again = DataOptions(**options.model_dump())  # as a later stage rebuilds it from the settings
+    assert again == options
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert parse_spec(again.data).location == str(tmp_path / "sets" / "v.jsonl")
+    assert parse_spec(again.eval_data).split == "train"
+
+
+def test_hub_ids_plugins_and_missing_paths_stay_as_given(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "shapes").mkdir()  # a folder named like the plugin prefix does not capture shapes:colour
+    (tmp_path / "lmms-lab").mkdir()
+    for spec in ("lmms-lab/VizWiz-VQA", "lmms-lab/VizWiz-VQA@main:val", "shapes:colour", "hf:owner/name", "nope.jsonl"):
+        assert DataOptions(task="vqa", data=spec, eval_data=spec).data == spec
+    assert DataOptions(task="vqa", image_root="no/such/dir").image_root == "no/such/dir"
+    assert DataOptions(task="vqa").data is None

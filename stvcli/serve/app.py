@@ -4,6 +4,12 @@ Every refusal is a JSON error in the OpenAI shape (see ``stvcli.serve.errors``):
 JSON or fields 400, missing or wrong key 401, unknown model 404, body or image over
 its limit 413, full queue 503 with Retry-After. Checks run before a request is queued,
 so a streamed answer never starts for a request that cannot be served.
+
+Bodies are bounded before they are parsed (``stvcli.serve.limits``: bytes by an ASGI
+middleware, nesting by a scan of the raw bytes), and the CPU-heavy steps of a request
+(JSON, validation, image decoding, tokenizing) run off the event loop; a prompt whose
+text alone is longer than the context could hold is refused without tokenizing it. The
+interactive docs (``/docs``, ``/redoc``, ``/openapi.json``) are off.
 """
 
 from __future__ import annotations
@@ -21,14 +27,17 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
+from starlette.responses import Response
 
 from stvcli import __version__
 from stvcli.models.base import ModelAdapter
-from stvcli.prompt import Prompt
-from stvcli.serve.catalog import Catalog, load_catalog, vector_set
+from stvcli.prompt import IMAGE_PLACEHOLDER, Prompt
+from stvcli.serve.catalog import Catalog, check_vector_set, load_catalog, served_name, vector_set
 from stvcli.serve.config import ServeConfig
 from stvcli.serve.errors import ApiError, bad_request, server_error, unauthorized
 from stvcli.serve.generation import Row, RowResult
+from stvcli.serve.limits import BodyLimit, parse_json
 from stvcli.serve.prompts import build_prompt
 from stvcli.serve.schema import (
     AssistantMessage,
@@ -61,11 +70,18 @@ def create_app(
         from stvcli.serve.server import load_adapter
 
         adapter = load_adapter(config)
-    base_id = config.model or adapter.name
+    loaded_as = config.model or adapter.name
+    base_id = served_name(loaded_as)
     if vector_sets is None:
-        catalog = load_catalog(adapter, base_id, config.vectors, config.insert)
+        catalog = load_catalog(adapter, base_id, config.vectors, config.insert, loaded_as)
     else:
-        catalog = Catalog(base_id, [vector_set(base_id, v, config.insert) for v in vector_sets])
+        sets = []
+        for vectors in vector_sets:
+            source = f"vectors for task {vectors.task!r}"
+            sets.append(check_vector_set(adapter, vector_set(base_id, vectors, config.insert), source))
+        catalog = Catalog(base_id, sets, loaded_as)
+    max_prompt_chars = _max_prompt_chars(adapter)
+    reserved = adapter.reserved_text
     encode_lock = threading.Lock()  # the tokenizer is not safe to call from two threads at once
     worker = Worker(adapter, max_batch=config.max_batch, max_queue=config.max_queue,
                     batch_wait_s=config.batch_wait_ms / 1000, encode_lock=encode_lock)
@@ -80,7 +96,9 @@ def create_app(
         finally:
             await worker.stop()
 
-    app = FastAPI(title="stv serve-local", version=__version__, lifespan=lifespan)
+    app = FastAPI(title="stv serve-local", version=__version__, lifespan=lifespan,
+                  docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
     app.state.worker = worker
     app.state.catalog = catalog
     app.state.adapter = adapter
@@ -112,7 +130,7 @@ def create_app(
     @app.get("/v1/models/{model_id:path}", dependencies=[Depends(authorize)])
     async def get_model(model_id: str) -> ModelCard:
         catalog.resolve(model_id)
-        return model_card(model_id)
+        return model_card(catalog.canonical(model_id))
 
     def count_tokens(prompt: Prompt) -> int:
         with encode_lock:
@@ -120,10 +138,11 @@ def create_app(
 
     @app.post("/v1/chat/completions", dependencies=[Depends(authorize)])
     async def chat_completions(request: Request):
-        chat = ChatRequest.model_validate(await _read_json(request, config.max_body_bytes))
+        chat = await run_in_threadpool(_parse_chat, await request.body())  # BodyLimit bounded it
         target = catalog.resolve(chat.model)
         prompt = await build_prompt(chat.messages, max_image_bytes=config.max_image_bytes,
-                                    allow_remote_images=config.allow_remote_images)
+                                    allow_remote_images=config.allow_remote_images, reserved=reserved)
+        _check_prompt_chars(prompt, max_prompt_chars, adapter.context_length)
         try:
             prompt_tokens = await run_in_threadpool(count_tokens, prompt)
         except Exception as error:  # the processor refused this prompt (e.g. images for a text model)
@@ -134,7 +153,7 @@ def create_app(
         row = Row(prompt, max_tokens, chat.sampling_temperature, chat.nucleus, chat.seed, chat.stops)
         job = Job(row, target, stream=chat.streaming)
         worker.submit(job)
-        completion_id, model = new_completion_id(), chat.model
+        completion_id, model = new_completion_id(), catalog.canonical(chat.model)
         if chat.streaming:
             return StreamingResponse(_sse(job, completion_id, model, chat.include_usage),
                                      media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
@@ -196,28 +215,27 @@ async def _sse(job: Job, completion_id: str, model: str, include_usage: bool) ->
         job.cancel()  # no-op when finished; stops generating for a client that went away
 
 
-async def _read_json(request: Request, limit: int) -> dict:
-    """The request body as a JSON object, refusing bodies over ``limit`` bytes."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _body_too_large(limit)
-    body = bytearray()
-    async for piece in request.stream():
-        body.extend(piece)
-        if len(body) > limit:
-            raise _body_too_large(limit)
+def _parse_chat(body: bytes) -> ChatRequest:
+    """The request body as a ChatRequest (CPU-bound: runs in a worker thread)."""
+    return ChatRequest.model_validate(parse_json(body))
+
+
+def _max_prompt_chars(adapter: ModelAdapter) -> int | None:
+    """The most characters of prompt text the context could hold: no token stands for more
+    characters than the longest entry of the vocabulary. None when the vocabulary is unknown."""
     try:
-        payload = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise bad_request(f"the request body is not valid JSON ({error})", code="invalid_json") from None
-    if not isinstance(payload, dict):
-        raise bad_request("the request body must be a JSON object", code="invalid_json")
-    return payload
+        longest = max((len(token) for token in adapter.tokenizer.get_vocab()), default=0)
+    except Exception:  # noqa: BLE001 - a tokenizer without a readable vocabulary: no early check
+        return None
+    return adapter.context_length * longest if longest > 0 else None
 
 
-def _body_too_large(limit: int) -> ApiError:
-    return ApiError(413, f"the request body is over the limit of {limit} bytes (--max-body-bytes)",
-                    code="request_too_large")
+def _check_prompt_chars(prompt: Prompt, limit: int | None, context: int) -> None:
+    """Refuse text that cannot fit the context before spending time tokenizing it."""
+    chars = len(prompt.text) - prompt.text.count(IMAGE_PLACEHOLDER) * len(IMAGE_PLACEHOLDER)
+    if limit is not None and chars > limit:
+        raise bad_request(f"the prompt's {chars} characters are more than this model's context of {context} "
+                          "tokens can hold", param="messages", code="context_length_exceeded")
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -238,6 +256,10 @@ def _install_error_handlers(app: FastAPI) -> None:
         kind = "not_found_error" if error.status_code == 404 else "invalid_request_error"
         return ApiError(error.status_code, str(error.detail), type=kind,
                         headers=dict(error.headers or {})).response()
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(request: Request, error: ClientDisconnect) -> Response:
+        return Response(status_code=499)  # nobody reads it
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, error: Exception) -> JSONResponse:

@@ -51,3 +51,8 @@ def overloaded(retry_after_s: int = 1) -> ApiError:
 
 def server_error(message: str) -> ApiError:
     return ApiError(500, message, type="server_error", code="internal_error")
+
+
+def image_too_large(max_bytes: int, param: str) -> ApiError:
+    return ApiError(413, f"image is over the limit of {max_bytes} bytes (--max-image-bytes)", param=param,
+                    code="image_too_large")

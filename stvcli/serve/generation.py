@@ -8,7 +8,9 @@ processor from their own seeded ``torch.Generator`` (on the CPU, so a seed gives
 same draw on any device) and pin the scores to it, so greedy and sampled rows share a
 forward. A stopping criterion does the per-row bookkeeping: end of sequence, budget,
 stop strings, cancellation, and the streamed text (held back while it could still be
-the start of a stop string).
+the start of a stop string). A guard checks every step's scores: rows whose scores turn
+NaN (broken vectors, an overflow) raise ``RowsFailed`` naming them, so the caller can
+fail those rows alone and rerun the rest.
 """
 
 from __future__ import annotations
@@ -40,6 +42,15 @@ class Row:
     is_cancelled: Callable[[], bool] = field(default=lambda: False)
 
 
+class RowsFailed(RuntimeError):
+    """Generation cannot go on for ``rows`` (indices into the batch); the others were fine."""
+
+    def __init__(self, rows: Sequence[int], reason: str) -> None:
+        super().__init__(f"{reason} (rows {list(rows)})")
+        self.rows = list(rows)
+        self.reason = reason
+
+
 @dataclass
 class RowResult:
     text: str
@@ -57,7 +68,9 @@ def generate_rows(
     """Run ``rows`` (already encoded into ``inputs``, left padded) as one batch."""
     tokenizer = adapter.tokenizer
     tracker = _Tracker(rows, tokenizer, _eos_ids(adapter))
-    processors = LogitsProcessorList([_Sampler(rows)]) if any(r.temperature > 0 for r in rows) else None
+    processors = LogitsProcessorList([_NanGuard(tracker)])
+    if any(r.temperature > 0 for r in rows):
+        processors.append(_Sampler(rows, tracker))
     with applied(adapter, intervention), torch.inference_mode():
         adapter.model.generate(
             **inputs,
@@ -79,11 +92,27 @@ def _eos_ids(adapter: ModelAdapter) -> set[int]:
     return {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])}
 
 
+class _NanGuard(LogitsProcessor):
+    """Raise ``RowsFailed`` for the unfinished rows whose next-token scores hold NaN."""
+
+    def __init__(self, tracker: "_Tracker") -> None:
+        self.tracker = tracker
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        broken = torch.isnan(scores).any(dim=-1)
+        if bool(broken.any()):
+            rows = [b for b in broken.nonzero().flatten().tolist() if self.tracker.states[b].finish_reason is None]
+            if rows:
+                raise RowsFailed(rows, "the model's scores turned NaN (are its vectors broken?)")
+        return scores
+
+
 class _Sampler(LogitsProcessor):
     """Temperature/top-p sampling per row from per-row generators; greedy rows untouched."""
 
-    def __init__(self, rows: Sequence[Row]) -> None:
+    def __init__(self, rows: Sequence[Row], tracker: "_Tracker") -> None:
         self.rows = rows
+        self.tracker = tracker
         self.generators = [
             torch.Generator().manual_seed(row.seed if row.seed is not None else secrets.randbits(63))
             for row in rows
@@ -91,9 +120,10 @@ class _Sampler(LogitsProcessor):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         for b, row in enumerate(self.rows):
-            if row.temperature <= 0:
+            if row.temperature <= 0 or self.tracker.states[b].finish_reason is not None:
                 continue
-            probs = torch.softmax(scores[b].float().cpu() / row.temperature, dim=-1)
+            logits = scores[b].double().cpu()  # float64 and shifted: a tiny temperature picks the top token
+            probs = torch.softmax((logits - logits.max()) / row.temperature, dim=-1)
             if row.top_p < 1.0:
                 probs = _nucleus(probs, row.top_p)
             token = int(torch.multinomial(probs, 1, generator=self.generators[b]))

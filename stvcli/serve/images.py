@@ -1,5 +1,6 @@
 """Images of a request: ``data:`` URLs decoded with size and format checks, remote URLs
-refused unless allowed (then fetched with a byte cap and a timeout)."""
+refused unless allowed (then fetched by ``stvcli.serve.remote``: public addresses only,
+with a byte cap and a deadline). Decoding runs off the event loop."""
 
 from __future__ import annotations
 
@@ -8,13 +9,13 @@ import binascii
 import io
 import re
 
-import httpx
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
+from starlette.concurrency import run_in_threadpool
 
-from stvcli.serve.errors import ApiError, bad_request
+from stvcli.serve.errors import ApiError, bad_request, image_too_large
+from stvcli.serve.remote import fetch
 
 MAX_PIXELS = 40_000_000  # refuse decompression bombs before decoding pixels
-FETCH_TIMEOUT_S = 10.0
 
 _DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^;,]*)*?);base64,(?P<data>.*)$", re.DOTALL)
 
@@ -22,7 +23,7 @@ _DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^;,]*)*
 async def load_image(url: str, *, max_bytes: int, allow_remote: bool, param: str) -> Image.Image:
     """The RGB image an ``image_url`` part names; ApiError (4xx) for anything unusable."""
     if url.startswith("data:"):
-        return decode_image(decode_data_url(url, max_bytes=max_bytes, param=param), param=param)
+        return await run_in_threadpool(_decode_data_image, url, max_bytes, param)
     if url.startswith(("http://", "https://")):
         if not allow_remote:
             raise bad_request(
@@ -30,9 +31,14 @@ async def load_image(url: str, *, max_bytes: int, allow_remote: bool, param: str
                 "data:image/...;base64 URL, or start the server with --allow-remote-images",
                 param=param, code="remote_images_disabled",
             )
-        return decode_image(await fetch(url, max_bytes=max_bytes, param=param), param=param)
+        raw = await fetch(url, max_bytes=max_bytes, param=param)
+        return await run_in_threadpool(decode_image, raw, param=param)
     raise bad_request("image_url must be a data:image/...;base64 URL (or http(s) with --allow-remote-images)",
                       param=param, code="invalid_image_url")
+
+
+def _decode_data_image(url: str, max_bytes: int, param: str) -> Image.Image:
+    return decode_image(decode_data_url(url, max_bytes=max_bytes, param=param), param=param)
 
 
 def decode_data_url(url: str, *, max_bytes: int, param: str) -> bytes:
@@ -45,13 +51,13 @@ def decode_data_url(url: str, *, max_bytes: int, param: str) -> bytes:
         raise bad_request(f"data URL has media type {mime!r}, expected image/*", param=param, code="invalid_image_url")
     data = "".join(match["data"].split())  # tolerate line breaks inside the base64 text
     if len(data) // 4 * 3 > max_bytes + 2:
-        raise too_large(max_bytes, param)
+        raise image_too_large(max_bytes, param)
     try:
         raw = base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError):
         raise bad_request("malformed base64 in image data URL", param=param, code="invalid_base64") from None
     if len(raw) > max_bytes:
-        raise too_large(max_bytes, param)
+        raise image_too_large(max_bytes, param)
     return raw
 
 
@@ -64,30 +70,5 @@ def decode_image(raw: bytes, *, param: str) -> Image.Image:
             return image.convert("RGB")
     except ApiError:
         raise
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+    except Exception:  # noqa: BLE001 - decoders raise all kinds (SyntaxError, EOFError, ...) on bad bytes
         raise bad_request("the image data is not a readable image", param=param, code="invalid_image") from None
-
-
-async def fetch(url: str, *, max_bytes: int, param: str) -> bytes:
-    """Download ``url`` (at most ``max_bytes``); a 400 when it cannot be had."""
-    try:
-        async with httpx.AsyncClient(timeout=FETCH_TIMEOUT_S, follow_redirects=True, max_redirects=3) as client:
-            async with client.stream("GET", url) as response:
-                if response.status_code != 200:
-                    raise bad_request(f"fetching the image failed: HTTP {response.status_code}", param=param,
-                                      code="image_fetch_failed")
-                chunks, size = [], 0
-                async for chunk in response.aiter_bytes():
-                    size += len(chunk)
-                    if size > max_bytes:
-                        raise too_large(max_bytes, param)
-                    chunks.append(chunk)
-                return b"".join(chunks)
-    except httpx.HTTPError as error:
-        raise bad_request(f"fetching the image failed ({type(error).__name__}); the server may have no network",
-                          param=param, code="image_fetch_failed") from None
-
-
-def too_large(max_bytes: int, param: str) -> ApiError:
-    return ApiError(413, f"image is over the limit of {max_bytes} bytes (--max-image-bytes)", param=param,
-                    code="image_too_large")

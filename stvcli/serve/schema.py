@@ -1,7 +1,9 @@
 """The subset of the OpenAI chat-completions schema the server speaks (pydantic models).
 
-Requests ignore fields they do not know (clients such as lmms-eval send extras);
-responses carry exactly the fields the OpenAI clients read.
+Requests ignore fields they do not know (clients such as lmms-eval send extras) and
+validate every field they read strictly (JSON types as OpenAI documents them, no
+strings for numbers, finite floats, bounded integers and lengths), so a bad value is a
+400 before anything runs; responses carry exactly the fields the OpenAI clients read.
 """
 
 from __future__ import annotations
@@ -14,24 +16,31 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 FinishReason = Literal["stop", "length"]
 
+MAX_MESSAGES = 1024
+MAX_PARTS = 256  # content parts of one message
+MAX_STOPS, MAX_STOP_CHARS = 16, 256
+MAX_TOKENS = 2**31 - 1
+SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed takes
+_REQUEST = ConfigDict(extra="ignore", strict=True)
+
 
 # ---------------------------------------------------------------------- requests
 class TextPart(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = _REQUEST
 
     type: Literal["text"]
     text: str
 
 
 class ImageUrl(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = _REQUEST
 
     url: str
-    detail: str | None = None
+    detail: str | None = Field(None, max_length=64)
 
 
 class ImagePart(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = _REQUEST
 
     type: Literal["image_url"]
     image_url: ImageUrl
@@ -46,29 +55,30 @@ ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
 
 
 class Message(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = _REQUEST
 
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[ContentPart] | None = None
+    content: str | Annotated[list[ContentPart], Field(max_length=MAX_PARTS)] | None = None
 
 
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = _REQUEST
 
     include_usage: bool = False
 
 
 class ChatRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore", protected_namespaces=())
+    model_config = ConfigDict(extra="ignore", strict=True, protected_namespaces=())
 
-    model: str
-    messages: list[Message] = Field(min_length=1)
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0.0, le=2.0)  # None or 0: greedy (unlike OpenAI's default of 1)
-    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    model: str = Field(min_length=1, max_length=512)
+    messages: list[Message] = Field(min_length=1, max_length=MAX_MESSAGES)
+    max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
+    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
+    # None or 0: greedy (unlike OpenAI's default of 1)
+    temperature: float | None = Field(None, ge=0.0, le=2.0, allow_inf_nan=False)
+    top_p: float | None = Field(None, gt=0.0, le=1.0, allow_inf_nan=False)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     n: int | None = Field(None, ge=1, le=1)  # one choice per request
@@ -79,8 +89,9 @@ class ChatRequest(BaseModel):
         stops = [value] if isinstance(value, str) else value
         if stops is None:
             return None
-        if len(stops) > 16 or any(not s for s in stops):
-            raise ValueError("stop must be up to 16 non-empty strings")
+        if len(stops) > MAX_STOPS or any(not s or len(s) > MAX_STOP_CHARS for s in stops):
+            raise ValueError(f"stop must be up to {MAX_STOPS} non-empty strings of at most {MAX_STOP_CHARS} "
+                             "characters")
         return stops
 
     @property

@@ -1,13 +1,20 @@
-"""``serve(config)``: load the model and its vectors, then run the app under uvicorn."""
+"""``serve(config)``: load the model and its vectors, then run the app under uvicorn.
+
+The listening socket is bound first, before the model loads: a busy port or a host
+that does not resolve (or is not an address of this machine) is a one-line StvError
+naming ``--port`` / ``--host`` within a second, and the socket is handed to uvicorn, so
+no other process can take the port while the model loads.
+"""
 
 from __future__ import annotations
 
+import errno
 import socket
 import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from typing import Any
 
 from stvcli.errors import StvError
@@ -39,6 +46,37 @@ def non_loopback_warning(config: ServeConfig) -> str | None:
             f"this machine on port {config.port} can use the model.{advice}")
 
 
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to (host, port), as uvicorn would bind it; StvError naming the
+    option to change when that is impossible."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET  # uvicorn's choice
+    try:
+        infos = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as error:
+        reason = getattr(error, "strerror", None) or str(error)
+        raise StvError(f"--host {host!r} does not resolve ({reason}); give an address of this machine "
+                       "such as 127.0.0.1, or a host name it knows") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        sock.bind(address)
+    except OSError as error:
+        sock.close()
+        raise StvError(_bind_error(host, port, error)) from None
+    return sock
+
+
+def _bind_error(host: str, port: int, error: OSError) -> str:
+    if error.errno == errno.EADDRINUSE:
+        return f"--port {port} is already in use on {host}; stop what uses it or pick another --port"
+    if error.errno in (errno.EACCES, errno.EPERM):
+        return f"--port {port} needs privileges on this machine; pick a --port above 1023"
+    if error.errno == errno.EADDRNOTAVAIL:
+        return f"--host {host} is not an address of this machine; give one of its addresses, 127.0.0.1 or 0.0.0.0"
+    return f"cannot listen on --host {host} --port {port} ({error.strerror or error}); change --host or --port"
+
+
 def serve(config: ServeConfig) -> None:
     """Run ``stv serve-local`` until interrupted."""
     try:
@@ -48,13 +86,32 @@ def serve(config: ServeConfig) -> None:
     except ImportError as error:
         raise StvError(f"serve-local needs the serve extras ({error.name} is missing): "
                        "pip install 'stvcli[serve]'") from None
-    warning = non_loopback_warning(config)
-    if warning:
-        print(f"\n{'!' * 78}\n{warning}\n{'!' * 78}\n", file=sys.stderr, flush=True)
-    app = create_app(config)
-    catalog = app.state.catalog
-    print(f"stv serve-local: http://{config.host}:{config.port}/v1 serving {', '.join(catalog.ids())}", flush=True)
-    uvicorn.run(app, host=config.host, port=config.port, log_level=config.log_level)
+    if not config.model and not config.vectors:
+        model_name(config)  # the one-line "nothing to serve" error
+    config.resolved_api_key()  # a blank $STV_API_KEY fails here, before anything loads
+    with closing(bind_socket(config.host, config.port)) as sock:
+        warning = non_loopback_warning(config)
+        if warning:
+            print(f"\n{'!' * 78}\n{warning}\n{'!' * 78}\n", file=sys.stderr, flush=True)
+        app = create_app(config)
+        catalog = app.state.catalog
+        print(f"stv serve-local: http://{_url_host(config.host)}:{config.port}/v1 serving "
+              f"{', '.join(catalog.ids())}", flush=True)
+        server = uvicorn.Server(uvicorn.Config(app, log_level=config.log_level.lower(), lifespan="on"))
+        try:
+            server.run(sockets=[sock])
+        except KeyboardInterrupt:
+            if not server.started:
+                raise
+        except SystemExit:  # uvicorn exits when its start-up fails
+            if server.started:
+                raise
+        if not server.started:
+            raise StvError("the server stopped before it started serving; see the log lines above")
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 @contextmanager

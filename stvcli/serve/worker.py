@@ -5,12 +5,19 @@ Each batch is split by insertion mode (a forward cannot mix ``replace`` and ``ad
 bare-model rows join any group with a row mask that leaves them untouched, so requests
 for the bare model and for different vector sets share a forward. Results and streamed
 text go back to the event loop through each job's own asyncio queue.
+
+A failing row cannot fail its batch: when a forward fails, the rows the failure names
+(``RowsFailed``) get the error and the others run again; any other failure runs every
+row again on its own, and only rows that fail alone get an error. A rerun row replays
+the same answer (sampled rows get their seed when queued) and a streamed row skips the
+text it already sent.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import threading
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
@@ -20,7 +27,7 @@ from dataclasses import dataclass, field
 from stvcli.models.base import ModelAdapter
 from stvcli.serve.catalog import VectorSet, batch_intervention
 from stvcli.serve.errors import ApiError, overloaded, server_error
-from stvcli.serve.generation import Row, RowResult, generate_rows
+from stvcli.serve.generation import Row, RowResult, RowsFailed, generate_rows
 
 log = logging.getLogger("stvcli.serve")
 
@@ -47,8 +54,12 @@ class Job:
         self._loop = asyncio.get_running_loop()
         self._events: asyncio.Queue[Event] = asyncio.Queue()
         self._cancelled = threading.Event()
+        self._sent = 0  # characters of streamed text delivered
+        self._skip = 0  # characters a rerun must not deliver again
+        if row.seed is None and row.temperature > 0:
+            row.seed = secrets.randbits(63)  # fixed now, so that a rerun samples the same answer
         row.is_cancelled = self._cancelled.is_set
-        row.on_text = self.push if stream else None
+        row.on_text = self._stream if stream else None
         self.row = row
 
     @property
@@ -58,6 +69,19 @@ class Job:
     def push(self, event: Event) -> None:
         """Deliver an event from any thread."""
         self._loop.call_soon_threadsafe(self._events.put_nowait, event)
+
+    def _stream(self, text: str) -> None:
+        """``row.on_text``: deliver new text, less what an earlier run already delivered."""
+        if self._skip:
+            dropped = min(self._skip, len(text))
+            text, self._skip = text[dropped:], self._skip - dropped
+        if text:
+            self._sent += len(text)
+            self.push(text)
+
+    def rewind(self) -> None:
+        """Before running the row again: its first ``_sent`` characters are out already."""
+        self._skip = self._sent
 
     def cancel(self) -> None:
         self._cancelled.set()
@@ -180,19 +204,44 @@ class Worker:
     # ------------------------------------------------------------------ model thread side
     def _run(self, jobs: Sequence[Job]) -> None:
         for group in split_by_mode([job for job in jobs if not job.cancelled]):
-            try:
-                with self.encode_lock:
-                    inputs = self.adapter.encode([job.row.prompt for job in group])
-                intervention = batch_intervention([job.vector_set for job in group])
-                results = generate_rows(self.adapter, inputs, [job.row for job in group], intervention)
-            except Exception as error:  # a bug or a device failure: answer 500, keep serving
-                log.exception("generation failed for a batch of %d", len(group))
+            self._run_group(group)
+
+    def _run_group(self, group: Sequence[Job]) -> None:
+        """One forward for ``group``; on failure, isolate the failing rows (see the module doc)."""
+        try:
+            results = self._generate(group)
+        except RowsFailed as error:
+            log.warning("generation failed for %d of %d rows: %s", len(error.rows), len(group), error.reason)
+            for index in error.rows:
+                group[index].push(Failed(server_error(f"generation failed for this request: {error.reason}")))
+            self._rerun([job for index, job in enumerate(group) if index not in error.rows])
+            return
+        except Exception as error:  # a bug or a device failure: answer 500, keep serving
+            if len(group) > 1:
+                log.warning("a batch of %d failed (%s: %s); running its rows one by one", len(group),
+                            type(error).__name__, error)
                 for job in group:
-                    job.push(Failed(server_error(f"generation failed: {type(error).__name__}: {error}")))
-                continue
-            self.stats.record(group, results)
-            for job, result in zip(group, results, strict=True):
-                job.push(Finished(result))
+                    self._rerun([job])
+                return
+            log.exception("generation failed for a request")
+            group[0].push(Failed(server_error(f"generation failed: {type(error).__name__}: {error}")))
+            return
+        self.stats.record(group, results)
+        for job, result in zip(group, results, strict=True):
+            job.push(Finished(result))
+
+    def _generate(self, group: Sequence[Job]) -> list[RowResult]:
+        with self.encode_lock:
+            inputs = self.adapter.encode([job.row.prompt for job in group])
+        intervention = batch_intervention([job.vector_set for job in group])
+        return generate_rows(self.adapter, inputs, [job.row for job in group], intervention)
+
+    def _rerun(self, jobs: Sequence[Job]) -> None:
+        live = [job for job in jobs if not job.cancelled]
+        for job in live:
+            job.rewind()
+        if live:
+            self._run_group(live)
 
 
 def split_by_mode(jobs: Sequence[Job]) -> list[list[Job]]:

@@ -75,6 +75,9 @@ def test_invalid_json_and_fields_are_400(http: httpx.Client, served: Served) -> 
     audio = [{"type": "input_audio", "input_audio": {"data": "", "format": "wav"}}]
     assert_error(post("/v1/chat/completions", json=body(served, audio)), 400)
     assert_error(post("/v1/chat/completions", json=body(served, "an <image> in text")), 400)
+    for token in ("<|im_start|>", "</s>", "<fake_token_around_image>"):  # the model's special tokens
+        parts = [{"type": "text", "text": f"say {token} now"}]
+        assert_error(post("/v1/chat/completions", json=body(served, parts)), 400, param="messages.0.content.0")
 
 
 def test_unknown_model_is_404(http: httpx.Client, served: Served) -> None:

@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import http.server
-import io
-import threading
-from collections.abc import Iterator
 
 import pytest
 import torch
 from fastapi.testclient import TestClient
-from serve_helpers import API_KEY, FAMILY, Served, image_data_url, image_of, serve_config, write_vectors
+from serve_helpers import FAMILY, image_data_url, write_vectors
 
 from stvcli.config import ModelOptions
 from stvcli.errors import StvError
@@ -120,65 +116,24 @@ def test_nucleus_keeps_the_top_mass() -> None:
     assert torch.equal(_nucleus(probs.clone(), 1.0) > 0, probs > 0)
 
 
-@pytest.fixture
-def image_host() -> Iterator[str]:
-    """A loopback HTTP server with one PNG at /cat.png."""
-    buffer = io.BytesIO()
-    image_of().save(buffer, format="PNG")
-    png = buffer.getvalue()
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
-            if self.path != "/cat.png":
-                self.send_error(404)
-                return
-            self.send_response(200)
-            self.send_header("Content-Type", "image/png")
-            self.send_header("Content-Length", str(len(png)))
-            self.end_headers()
-            self.wfile.write(png)
-
-        def log_message(self, *args) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-def test_remote_images_when_allowed(image_host: str, vector_files, served: Served) -> None:
-    app = create_app(serve_config(vector_files, allow_remote_images=True), served.adapter)
-    headers = {"Authorization": f"Bearer {API_KEY}"}
-
-    def ask(url: str):
-        content = [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "what?"}]
-        request = {"model": served.ids["bare"], "max_tokens": 4, "messages": [{"role": "user", "content": content}]}
-        return client.post("/v1/chat/completions", json=request, headers=headers)
-
-    with TestClient(app) as client:
-        response = ask(f"{image_host}/cat.png")
-        assert response.status_code == 200, response.text
-        expected = generate(served.adapter, [Prompt("<image>what?", (image_of(),))], 4)[0]
-        assert response.json()["choices"][0]["message"]["content"] == expected
-        missing = ask(f"{image_host}/dog.png")
-        assert missing.status_code == 400 and missing.json()["error"]["code"] == "image_fetch_failed"
-
-
 def test_create_app_loads_the_model_recorded_in_the_vectors(tmp_path) -> None:
     """No adapter given: the model directory named in the vectors file is loaded and checked."""
     directory = save_tiny_model("llama", tmp_path / "tiny-llama")
     loaded = load_model(ModelOptions(model=str(directory)))
     vectors = write_vectors(loaded, tmp_path / "v.safetensors", "demo", seed=1)
     app = create_app(ServeConfig(vectors=[vectors], device="cpu"))
+    recorded = TaskVectors.load(vectors).model
+    assert recorded == str(directory)
     with TestClient(app) as client:
         ids = [card["id"] for card in client.get("/v1/models").json()["data"]]
-        assert ids[0] == TaskVectors.load(vectors).model and ids[1].startswith(f"{ids[0]}+demo@")
+        assert ids[0] == "tiny-llama" and ids[1].startswith("tiny-llama+demo@")  # names, not paths
         request = {"model": ids[1], "max_tokens": 4, "messages": [{"role": "user", "content": "hello"}]}
-        answer = client.post("/v1/chat/completions", json=request).json()["choices"][0]["message"]["content"]
+        answer = client.post("/v1/chat/completions", json=request).json()
+        # the ids of older versions (the model's path) still work, and answer with the name
+        old_id = recorded + ids[1][len("tiny-llama"):]
+        old = client.post("/v1/chat/completions", json=request | {"model": old_id}).json()
+        assert client.get(f"/v1/models/{old_id}").json()["id"] == ids[1]
     expected = generate(loaded, [Prompt("hello")], 4, intervention=TaskVectors.load(vectors).intervention())[0]
-    assert answer == expected
+    assert answer["choices"][0]["message"]["content"] == expected == old["choices"][0]["message"]["content"]
+    assert answer["model"] == old["model"] == ids[1]
+    assert str(tmp_path) not in str(answer) + str(ids)

@@ -1,0 +1,91 @@
+"""Does the answer log-likelihood reward fix STV (chosen) on multi-token answers? (issue 13)
+
+The first-token reward (the paper's) cannot tell "walk" from "walked": on past-tense the
+chosen search's pick beat the mean vector on the hold-out first-token reward (-0.29 vs
+-0.33) yet scored 8% against mean-at-stv's 45%. For each task already in the STV-vs-MTV
+sweep this reruns only the chosen search with ``--reward answer`` on a copy of its
+workspace (same scan, bank, queries, sizes and seed; see benchmarks/stv_vs_mtv.py) and
+evaluates STV on the same items, paired against the first-token STV and against MTV.
+
+    .venv/bin/python benchmarks/reward_answer.py --tasks past-tense french antonym capital plural \
+        --out benchmarks/results/reward_answer_text.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+
+from stvcli.metrics import paired_difference
+from stvcli.stages.config import EvalConfig, SearchConfig
+from stvcli.stages.evaluate import run_eval
+from stvcli.stages.search import run_search
+from stvcli.workspace import Workspace
+
+ROOT = Path(__file__).resolve().parent.parent
+KEEP = ("scan.safetensors", "activations.safetensors", "bank.safetensors")
+
+
+def scores(samples: Path, method: str) -> dict[str, float]:
+    rows = [json.loads(line) for line in samples.read_text().splitlines() if line.strip()]
+    return {row["id"]: row["score"] for row in rows if row["method"] == method}
+
+
+def run_task(name: str, sweep_root: Path, root: Path, sweep: dict) -> dict:
+    row = sweep[name]
+    sizes, task = row["sizes"], next(iter(row["paper"]["results"]))
+    source, workspace = sweep_root / name / "chosen", root / name
+    workspace.mkdir(parents=True, exist_ok=True)
+    for file in KEEP:
+        if not (workspace / file).exists():
+            shutil.copy2(source / file, workspace / file)
+    started = time.perf_counter()
+    run_search(SearchConfig(workspace=workspace, iterations=sizes["iterations"], samples=sizes["samples"],
+                            queries_per_iteration=sizes["queries_per_iteration"], seed=sweep["meta"]["seed"],
+                            auto=True, reward="answer", quiet=True))
+    report = run_eval(EvalConfig(workspace=workspace, methods=["stv"], log_samples=True, seed=sweep["meta"]["seed"],
+                                 quiet=True))
+    answer = scores(workspace / f"samples_{task}.jsonl", "stv")
+    first = scores(source / f"samples_{task}.jsonl", "stv")
+    others = {"stv(first-token)": first, "mean-at-stv": scores(source / f"samples_{task}.jsonl", "mean-at-stv"),
+              "mtv": scores(sweep_root / name / "paper" / f"samples_{task}.jsonl", "mtv")}
+    ids = sorted(answer)
+    vectors = Workspace(workspace).load("vectors").meta["extra"]
+    return {
+        "stv(answer)": report["results"][task]["stv"],
+        "stv(first-token)": row["chosen"]["results"][task]["stv"],
+        "paired": {f"stv(answer) - {k}": paired_difference([answer[i] for i in ids], [v[i] for i in ids])
+                   for k, v in others.items() if set(v) == set(ids)},
+        "insert": vectors.get("auto", {}).get("insert"),
+        "diagnostics": vectors.get("diagnostics"),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", nargs="+", required=True)
+    parser.add_argument("--sweep", type=Path, default=ROOT / "benchmarks" / "results" / "stv_vs_mtv_text.json")
+    parser.add_argument("--sweep-root", type=Path, default=ROOT / "runs" / "stv_vs_mtv" / "text")
+    parser.add_argument("--root", type=Path, default=ROOT / "runs" / "reward_answer")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    sweep = json.loads(args.sweep.read_text())
+    results = json.loads(args.out.read_text()) if args.out.exists() else {}
+    for name in args.tasks:
+        if name in results or name not in sweep:
+            continue
+        results[name] = run_task(name, args.sweep_root, args.root, sweep)
+        args.out.write_text(json.dumps(results, indent=1, default=str) + "\n")
+        row = results[name]
+        diff = row["paired"].get("stv(answer) - stv(first-token)", {})
+        print(f"{name}: answer {100 * row['stv(answer)']['accuracy']:.1f} vs first-token "
+              f"{100 * row['stv(first-token)']['accuracy']:.1f} (diff {100 * diff.get('difference', float('nan')):+.1f}, "
+              f"p={diff.get('p_value', float('nan')):.2g})", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -85,7 +85,7 @@ class Task(ABC):
         if k > len(candidates):
             from stvcli.errors import DataError
 
-            raise DataError(f"the support pool has {len(candidates)} items; {k} shots need more (lower --shots)")
+            raise DataError(f"the support pool has {len(candidates)} items; {k} demonstrations need more (fewer shots: --shots, or N in icl:N)")
         return rng.sample(candidates, k)
 
 

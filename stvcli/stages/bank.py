@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from stvcli import distributed as dist
+from stvcli.artifacts import Artifact, check_fingerprint
 from stvcli.config import ModelOptions
 from stvcli.console import progress, say
 from stvcli.data.loading import load_task_data
@@ -94,7 +95,7 @@ def run_bank(config: BankConfig) -> BankResult:
     meter = Meter()
     stats: dict[str, Any] | None = None
     if missing > 0:
-        more, stats, more_uids = _more_contexts(workspace, config, scan.settings, locations, missing, settings,
+        more, stats, more_uids = _more_contexts(workspace, config, scan, locations, missing, settings,
                                                    context_uids)
         context_uids += more_uids
         if more is not None:
@@ -128,12 +129,14 @@ def context_queries(support: list[Item], kept: list[str], n: int, rng: random.Ra
     return queries
 
 
-def _more_contexts(workspace: Workspace, config: BankConfig, scan_settings: dict[str, Any], locations: torch.Tensor,
+def _more_contexts(workspace: Workspace, config: BankConfig, scan: Artifact, locations: torch.Tensor,
                    missing: int, settings: dict[str, Any], kept: list[str]) -> tuple[torch.Tensor | None, dict[str, Any], list[str]]:
     """Many-shot activations [missing, K, D] of new contexts at ``locations`` (None on
     ranks other than 0 under torchrun, where each rank captures its share), the stats,
     and the uids of the contexts' queries."""
+    scan_settings = scan.settings
     adapter = get_adapter(ModelOptions(**scan_settings["model"]))
+    check_fingerprint(scan, adapter.fingerprint())  # the model on disk may have changed since the scan
     task_data = load_task_data(DataOptions(**scan_settings["data"]))
     rng = random.Random(f"bank:{config.seed}")  # not Random(seed): the scan draws its queries from that
     queries = context_queries(task_data.support, kept, missing, rng)

@@ -348,3 +348,27 @@ def top_locations_of(scores, k):
     from stvcli.stages.scan import top_locations
 
     return top_locations(scores, k)
+
+
+def _refingerprint(path, **changes):
+    """Rewrite an artifact as if made for a model with other ``changes`` in its fingerprint."""
+    from stvcli.artifacts import save_artifact
+
+    artifact = load_artifact(path, path.name.split(".")[0])
+    save_artifact(path, artifact.kind, artifact.tensors, model=artifact.meta["model"],
+                  fingerprint={**artifact.fingerprint, **changes}, settings=artifact.settings,
+                  data=artifact.meta.get("data"), seed=artifact.meta.get("seed"), extra=artifact.meta.get("extra"))
+
+
+def test_bank_and_search_check_the_loaded_models_fingerprint(bed, workspace, scanned):
+    from stvcli.errors import ArtifactError
+
+    _refingerprint(workspace / "scan.safetensors", weights="another")
+    with pytest.raises(ArtifactError, match="another model"):  # extra contexts need the model
+        run_bank(BankConfig(workspace=workspace, clusters=4, contexts=11, quiet=True))
+    run_scan(scan_config(bed, workspace, force=True))
+    run_bank(BankConfig(workspace=workspace, clusters=4, contexts=11, quiet=True))
+    _refingerprint(workspace / "bank.safetensors", weights="another")
+    with pytest.raises(ArtifactError, match="another model"):
+        run_search(SearchConfig(workspace=workspace, iterations=1, samples=2, queries_per_iteration=1, holdout=0,
+                                quiet=True))

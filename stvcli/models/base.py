@@ -19,7 +19,18 @@ from torch import nn
 from stvcli.errors import ModelError
 from stvcli.prompt import IMAGE_PLACEHOLDER, Prompt
 
-_PROJECTION_NAMES = ("o_proj", "c_proj", "out_proj", "dense")
+#: Leaf names of a decoder layer's attention output projection, across families (Llama
+#: ``o_proj``, GPT-2 / Qwen-VL ``c_proj``, OPT / GPT-J / MPT ``out_proj``, GPT-NeoX /
+#: Falcon / Bloom / Phi ``dense``, T5-style ``wo``). Only one inside an attention block counts.
+_PROJECTION_NAMES = ("o_proj", "c_proj", "out_proj", "dense", "wo")
+#: A module inside numbered decoder layers: ``layers.N`` / ``h.N`` / ``blocks.N``, under any
+#: prefix (``model.layers.N``, ``model.decoder.layers.N``, ``transformer.h.N``, ...).
+_LAYER_STACK = re.compile(r"^(?P<stack>(?:.+\.)?(?:layers|h|blocks))\.(?P<index>\d+)\.(?P<inner>.+)$")
+#: A module name that is an attention block (attn, self_attn, attention, self_attention, SelfAttention, ...).
+_ATTENTION_BLOCK = re.compile(r"attn|attention", re.IGNORECASE)
+#: Config attributes for the query-head count and the model width, in the order tried.
+_HEAD_COUNT_NAMES = ("num_attention_heads", "n_head", "n_heads", "num_heads")
+_HIDDEN_SIZE_NAMES = ("hidden_size", "n_embd", "d_model")
 #: Processor attributes that hold image/video markup strings (families differ in which they have).
 _PROCESSOR_TOKENS = (
     "image_token", "fake_image_token", "global_image_tag", "global_image_token", "video_token", "boi_token",
@@ -91,37 +102,28 @@ class ModelAdapter:
         """The attention output projection of every decoder layer, in layer order."""
         if pattern is not None:
             return _projections_by_pattern(self.model, pattern)
-        decoder = self.decoder()
-        layers = getattr(decoder, "layers", None)
-        if layers is None:
-            raise ModelError(
-                f"{self.name}: the decoder has no .layers; pass --projection-pattern "
-                "(a regex over module names, e.g. 'layers\\.\\d+\\.self_attn\\.o_proj$')"
-            )
-        found = []
-        for index, layer in enumerate(layers):
-            attention = next((m for n, m in layer.named_children() if "attn" in n.lower()), None)
-            projection = None
-            if attention is not None:
-                projection = next((getattr(attention, n) for n in _PROJECTION_NAMES if hasattr(attention, n)), None)
-            if not isinstance(projection, nn.Linear):
-                raise ModelError(
-                    f"{self.name}: layer {index} has no attention output projection "
-                    f"({'/'.join(_PROJECTION_NAMES)}); pass --projection-pattern to name it"
-                )
-            found.append(projection)
-        return found
+        return discover_projections(self.decoder(), self.name, config=self.text_config)
 
     def _head_geometry(self) -> tuple[int, int]:
-        config = self.text_config
-        n_heads = int(config.num_attention_heads)
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_heads
-        width = self.projections[0].in_features
-        if n_heads * head_dim != width:
-            if width % n_heads == 0:
-                head_dim = width // n_heads
-            else:
+        """(query heads, head_dim): the head count from the config, head_dim from the
+        projection's input width (the config's head_dim where it agrees)."""
+        n_heads, head_dim = config_geometry(self.text_config)
+        if n_heads is None:
+            raise ModelError(
+                f"{self.name}: the config names no attention head count ({'/'.join(_HEAD_COUNT_NAMES)})"
+            )
+        widths = {projection_input_width(p) for p in self.projections}
+        if len(widths) != 1 or None in widths:
+            raise ModelError(
+                f"{self.name}: the attention output projections differ in input width ({sorted(map(str, widths))}); "
+                "pass --projection-pattern matching one projection per layer"
+            )
+        (width,) = widths
+        assert width is not None
+        if head_dim is None or n_heads * head_dim != width:
+            if width % n_heads:
                 raise ModelError(f"{self.name}: o_proj input width {width} is not n_heads={n_heads} x head_dim")
+            head_dim = width // n_heads  # e.g. MLA: the value head width, not the config's head_dim
         return n_heads, int(head_dim)
 
     # ------------------------------------------------------------------ prompts
@@ -234,11 +236,153 @@ class ModelAdapter:
         return digest.hexdigest()[:16]
 
 
+def projection_input_width(module: nn.Module) -> int | None:
+    """The input width of a projection module, or None if it is not one.
+
+    ``nn.Linear`` (and subclasses, quantized ones included): ``in_features``;
+    transformers' ``Conv1D`` (GPT-2; weight stored [in, out]): the weight's rows; any
+    other module with a 2-D weight: its ``in_features`` if it has one, else the weight's
+    columns (the ``nn.Linear`` layout).
+    """
+    if isinstance(module, nn.Linear):
+        return int(module.in_features)
+    weight = getattr(module, "weight", None)
+    if not isinstance(weight, torch.Tensor) or weight.ndim != 2:
+        return None
+    if _is_conv1d(module):
+        return int(weight.shape[0])
+    in_features = getattr(module, "in_features", None)
+    if isinstance(in_features, int) and not isinstance(in_features, bool):
+        return in_features
+    return int(weight.shape[1])
+
+
+def _is_conv1d(module: nn.Module) -> bool:
+    """transformers' ``Conv1D`` or a remote-code copy of it (weight [nx, nf])."""
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        Conv1D = ()  # noqa: N806
+    if isinstance(module, Conv1D):
+        return True
+    weight = getattr(module, "weight", None)
+    return (
+        type(module).__name__ == "Conv1D"
+        and isinstance(weight, torch.Tensor)
+        and tuple(weight.shape) == (getattr(module, "nx", None), getattr(module, "nf", None))
+    )
+
+
+def _config_int(config: Any, names: Sequence[str]) -> int | None:
+    for name in names:
+        value = getattr(config, name, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def config_geometry(config: Any) -> tuple[int | None, int | None]:
+    """(query heads, head_dim) a (text) config declares; None for what it does not.
+
+    Heads from num_attention_heads / n_head / n_heads / num_heads (the QUERY heads: GQA
+    and MQA key/value head counts are never used); head_dim from ``head_dim``, else the
+    width (hidden_size / n_embd / d_model) over the heads.
+    """
+    if config is None:
+        return None, None
+    n_heads = _config_int(config, _HEAD_COUNT_NAMES)
+    head_dim = _config_int(config, ("head_dim",))
+    if head_dim is None and n_heads is not None:
+        hidden = _config_int(config, _HIDDEN_SIZE_NAMES)
+        if hidden is not None and hidden % n_heads == 0:
+            head_dim = hidden // n_heads
+    return n_heads, head_dim
+
+
+def _text_config_of(model: nn.Module) -> Any:
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "get_text_config"):
+        return config.get_text_config()
+    return config
+
+
+def discover_projections(model: nn.Module, name: str = "model", *, config: Any = None) -> list[nn.Module]:
+    """The attention output projection of every decoder layer in ``model``, found by structure.
+
+    A candidate is a projection module (``projection_input_width``: nn.Linear, GPT-2's
+    Conv1D, any 2-D weight) named one of ``_PROJECTION_NAMES``, inside an attention block
+    (a name with ``attn``/``attention``) of numbered layers (``layers.N``, ``h.N``,
+    ``blocks.N``); so GPT-2's ``mlp.c_proj`` or GPT-NeoX's ``mlp.dense_4h_to_h`` never
+    count. Where a layer or the tree has several candidates, those whose input width is
+    n_heads x head_dim of ``config`` (default: the model's text config) are kept. Exactly
+    one complete stack (layers 0..N-1, one projection each) must remain; otherwise a
+    one-line ModelError naming ``--projection-pattern``.
+    """
+    if config is None:
+        config = _text_config_of(model)
+    n_heads, head_dim = config_geometry(config)
+    width = n_heads * head_dim if n_heads is not None and head_dim is not None else None
+
+    stacks: dict[str, dict[int, list[tuple[str, nn.Module]]]] = {}
+    for module_name, module in model.named_modules():
+        match = _LAYER_STACK.match(module_name)
+        if match is None:
+            continue
+        *inside, leaf = match["inner"].split(".")
+        if leaf not in _PROJECTION_NAMES or not any(_ATTENTION_BLOCK.search(part) for part in inside):
+            continue
+        if projection_input_width(module) is None:
+            continue
+        stacks.setdefault(match["stack"], {}).setdefault(int(match["index"]), []).append((module_name, module))
+
+    how = "pass --projection-pattern (a regex over module names matching one projection per layer)"
+    if not stacks:
+        raise ModelError(
+            f"{name}: found no decoder attention output projections ({'/'.join(_PROJECTION_NAMES)} inside an "
+            f"attention block of layers.N, h.N or blocks.N); {how}"
+        )
+    complete: dict[str, list[nn.Module]] = {}
+    problems: list[str] = []
+    for stack, layers in stacks.items():
+        n_layers = sum(child.isdigit() for child, _ in model.get_submodule(stack).named_children())
+        if sorted(layers) != list(range(n_layers)):
+            missing = sorted(set(range(n_layers)) - set(layers))
+            problems.append(f"{stack} has no candidate in layer(s) {', '.join(map(str, missing[:4]))}")
+            continue
+        chosen = []
+        for index in range(len(layers)):
+            candidates = layers[index]
+            if len(candidates) > 1 and width is not None:
+                candidates = [c for c in candidates if projection_input_width(c[1]) == width]
+            if len(candidates) != 1:
+                names = ", ".join(n for n, _ in layers[index])
+                detail = f"{len(candidates)} of width {width}" if width is not None else "no width to choose by"
+                problems.append(f"{stack}.{index} has several candidates ({names}; {detail})")
+                break
+            chosen.append(candidates[0][1])
+        else:
+            complete[stack] = chosen
+    if len(complete) > 1 and width is not None:
+        fitting = {s: p for s, p in complete.items() if all(projection_input_width(m) == width for m in p)}
+        complete = fitting or complete
+    if not complete:
+        raise ModelError(f"{name}: no unambiguous attention output projections ({'; '.join(problems)}); {how}")
+    if len(complete) > 1:
+        raise ModelError(
+            f"{name}: attention output projections found under several stacks ({', '.join(sorted(complete))}); "
+            "pass --projection-pattern to pick the language decoder's"
+        )
+    (projections,) = complete.values()
+    return projections
+
+
 def _projections_by_pattern(model: nn.Module, pattern: str) -> list[nn.Module]:
     regex = re.compile(pattern)
-    matches = [(n, m) for n, m in model.named_modules() if regex.search(n) and isinstance(m, nn.Linear)]
+    matches = [
+        (n, m) for n, m in model.named_modules() if regex.search(n) and projection_input_width(m) is not None
+    ]
     if not matches:
-        raise ModelError(f"--projection-pattern {pattern!r} matches no linear module")
+        raise ModelError(f"--projection-pattern {pattern!r} matches no linear (or Conv1D) module")
     numbered = []
     for name, module in matches:
         numbers = re.findall(r"\.(\d+)\.", f".{name}.")

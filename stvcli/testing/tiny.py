@@ -2,7 +2,9 @@
 
 Real transformers classes with the project's test-bed configs (2 layers, 4 heads of
 16, hidden 64; Gemma-3 with head_dim 32), one shared byte-level BPE tokenizer that knows every family's special
-tokens, and locally built image processors (PIL backends, 32x32 images). Each build
+tokens, and locally built image processors (PIL backends, 32x32 images). Unregistered
+architectures for ``GenericAdapter`` (``GENERIC_FAMILIES``: GPT-2, GPT-NeoX, Falcon, OPT,
+Bloom, GPT-J, MPT) are smaller still: hidden 32, 4 heads of 8. Each build
 takes tens of milliseconds; the trained tokenizer is cached per process, models are
 built fresh (seeded) so callers may mutate them.
 """
@@ -27,6 +29,10 @@ from stvcli.models.registry import adapter_for
 TEXT_FAMILIES = ("llama", "qwen2", "gemma3")
 VISION_FAMILIES = ("idefics2", "idefics3", "qwen2-vl", "qwen2.5-vl", "llava")
 TINY_FAMILIES = TEXT_FAMILIES + VISION_FAMILIES
+#: Architectures nobody registered (served by ``GenericAdapter``, projections found by
+#: structure): 2 layers, 4 heads of 8, hidden 32. Not in ``TINY_FAMILIES`` (whose tests
+#: assume registered families).
+GENERIC_FAMILIES = ("gpt2", "gpt-neox", "falcon", "opt", "bloom", "gptj", "mpt")
 
 #: Side of the square images the tiny vision towers see.
 IMAGE_SIZE = 32
@@ -111,6 +117,36 @@ def _build_gemma3(tok: PreTrainedTokenizerFast) -> tuple[nn.Module, Any]:
 
     # head_dim 32 != hidden 64 / 4 heads: the o_proj input is 128 wide (as Gemma-3's 256 x 4 vs 640).
     return Gemma3ForCausalLM(Gemma3TextConfig(**_text_config(tok), head_dim=32)), tok
+
+
+def _generic(tok: PreTrainedTokenizerFast, config_class: str, model_class: str, **geometry: Any) -> tuple[nn.Module, Any]:
+    import transformers
+
+    ids = dict(vocab_size=len(tok), pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    config = getattr(transformers, config_class)(**ids, **geometry, architectures=[model_class])
+    return getattr(transformers, model_class)(config), tok
+
+
+#: family -> (config class, model class, geometry); each config under its own names.
+_GENERIC_SPECS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    # attention c_proj and mlp.c_proj are both transformers Conv1D (weight [in, out])
+    "gpt2": ("GPT2Config", "GPT2LMHeadModel", dict(n_embd=32, n_layer=2, n_head=4, n_positions=512)),
+    # attention.dense beside mlp.dense_4h_to_h
+    "gpt-neox": ("GPTNeoXConfig", "GPTNeoXForCausalLM", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                                            intermediate_size=64, max_position_embeddings=512)),
+    # self_attention.dense (FalconLinear) beside mlp.dense_4h_to_h
+    "falcon": ("FalconConfig", "FalconForCausalLM", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                                        max_position_embeddings=512)),
+    # model.decoder.layers.N.self_attn.out_proj beside fc2
+    "opt": ("OPTConfig", "OPTForCausalLM", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, ffn_dim=64,
+                                               word_embed_proj_dim=32, max_position_embeddings=512)),
+    # self_attention.dense beside mlp.dense_4h_to_h; n_head
+    "bloom": ("BloomConfig", "BloomForCausalLM", dict(hidden_size=32, n_layer=2, n_head=4)),
+    # attn.out_proj beside mlp.fc_out
+    "gptj": ("GPTJConfig", "GPTJForCausalLM", dict(n_embd=32, n_layer=2, n_head=4, rotary_dim=4, n_positions=512)),
+    # transformer.blocks.N.attn.out_proj beside ffn.down_proj; d_model / n_heads
+    "mpt": ("MptConfig", "MptForCausalLM", dict(d_model=32, n_layers=2, n_heads=4, max_seq_len=512)),
+}  # fmt: skip
 
 
 def _build_idefics2(tok: PreTrainedTokenizerFast) -> tuple[nn.Module, Any]:
@@ -226,13 +262,17 @@ _BUILDERS: dict[str, Callable[[PreTrainedTokenizerFast], tuple[nn.Module, Any]]]
     "qwen2-vl": _build_qwen2_vl,
     "qwen2.5-vl": _build_qwen2_5_vl,
     "llava": _build_llava,
+    **{
+        family: (lambda tok, spec=spec: _generic(tok, spec[0], spec[1], **spec[2]))
+        for family, spec in _GENERIC_SPECS.items()
+    },
 }
 
 
 def build_tiny(family: str, seed: int = 0) -> tuple[nn.Module, Any]:
     """A fresh (model, processor-or-tokenizer) pair; weights drawn from ``seed``, fp32, eval mode."""
     if family not in _BUILDERS:
-        raise ValueError(f"unknown tiny family {family!r}; one of {', '.join(TINY_FAMILIES)}")
+        raise ValueError(f"unknown tiny family {family!r}; one of {', '.join(TINY_FAMILIES + GENERIC_FAMILIES)}")
     tokenizer = tiny_tokenizer()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -241,7 +281,7 @@ def build_tiny(family: str, seed: int = 0) -> tuple[nn.Module, Any]:
 
 
 def tiny_adapter(family: str, seed: int = 0, **adapter_kwargs: Any) -> ModelAdapter:
-    """The adapter of a fresh tiny model of ``family`` (see ``TINY_FAMILIES``)."""
+    """The adapter of a fresh tiny model of ``family`` (see ``TINY_FAMILIES``, ``GENERIC_FAMILIES``)."""
     model, processor = build_tiny(family, seed)
     return adapter_for(model, processor, f"tiny-{family}", **adapter_kwargs)
 

@@ -233,7 +233,7 @@ def test_discover_ambiguous_names_projection_pattern():
 
 def test_discover_absent_names_projection_pattern():
     tree = nn.Module()
-    tree.layers = _stack(2, projection="wo")
+    tree.layers = _stack(2, projection="proj_out")
     with pytest.raises(ModelError, match="--projection-pattern"):
         discover_projections(tree)
 

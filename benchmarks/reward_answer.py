@@ -1,4 +1,4 @@
-"""Does the answer log-likelihood reward fix STV (chosen) on multi-token answers? (issue 13)
+"""Does a likelihood reward over the whole answer fix STV (chosen)? (issue 13)
 
 The first-token reward (the paper's) cannot tell "walk" from "walked": on past-tense the
 chosen search's pick beat the mean vector on the hold-out first-token reward (-0.29 vs
@@ -6,9 +6,14 @@ chosen search's pick beat the mean vector on the hold-out first-token reward (-0
 sweep this reruns only the chosen search with ``--reward answer`` on a copy of its
 workspace (same scan, bank, queries, sizes and seed; see benchmarks/stv_vs_mtv.py) and
 evaluates STV on the same items, paired against the first-token STV and against MTV.
+``--reward answer``: log p(answer tokens); ``--reward complete``: log p(answer tokens,
+then the newline that ends an answer), which also rewards stopping: zero-shot STV
+generations often repeat ("came to came to ...") where ICL stops after "came".
 
-    .venv/bin/python benchmarks/reward_answer.py --tasks past-tense french antonym capital plural \
+    .venv/bin/python benchmarks/reward_answer.py --reward answer --tasks past-tense french antonym capital plural \
         --out benchmarks/results/reward_answer_text.json
+    .venv/bin/python benchmarks/reward_answer.py --reward complete --tasks past-tense french antonym capital plural \
+        --out benchmarks/results/reward_complete_text.json
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ def scores(samples: Path, method: str) -> dict[str, float]:
     return {row["id"]: row["score"] for row in rows if row["method"] == method}
 
 
-def run_task(name: str, sweep_root: Path, root: Path, sweep: dict) -> dict:
+def run_task(name: str, sweep_root: Path, root: Path, sweep: dict, reward: str) -> dict:
     row = sweep[name]
     sizes, task = row["sizes"], next(iter(row["paper"]["results"]))
     source, workspace = sweep_root / name / "chosen", root / name
@@ -45,7 +50,7 @@ def run_task(name: str, sweep_root: Path, root: Path, sweep: dict) -> dict:
     started = time.perf_counter()
     run_search(SearchConfig(workspace=workspace, iterations=sizes["iterations"], samples=sizes["samples"],
                             queries_per_iteration=sizes["queries_per_iteration"], seed=sweep["meta"]["seed"],
-                            auto=True, reward="answer", quiet=True))
+                            auto=True, reward=reward, quiet=True))
     report = run_eval(EvalConfig(workspace=workspace, methods=["stv"], log_samples=True, seed=sweep["meta"]["seed"],
                                  quiet=True))
     answer = scores(workspace / f"samples_{task}.jsonl", "stv")
@@ -68,17 +73,19 @@ def run_task(name: str, sweep_root: Path, root: Path, sweep: dict) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", required=True)
+    parser.add_argument("--reward", choices=("answer", "complete"), default="answer")
     parser.add_argument("--sweep", type=Path, default=ROOT / "benchmarks" / "results" / "stv_vs_mtv_text.json")
     parser.add_argument("--sweep-root", type=Path, default=ROOT / "runs" / "stv_vs_mtv" / "text")
-    parser.add_argument("--root", type=Path, default=ROOT / "runs" / "reward_answer")
+    parser.add_argument("--root", type=Path, default=None, help="default: runs/reward_<reward>")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
+    root = args.root or ROOT / "runs" / f"reward_{args.reward}"
     sweep = json.loads(args.sweep.read_text())
     results = json.loads(args.out.read_text()) if args.out.exists() else {}
     for name in args.tasks:
         if name in results or name not in sweep:
             continue
-        results[name] = run_task(name, args.sweep_root, args.root, sweep)
+        results[name] = run_task(name, args.sweep_root, root, sweep, args.reward)
         args.out.write_text(json.dumps(results, indent=1, default=str) + "\n")
         row = results[name]
         diff = row["paired"].get("stv(answer) - stv(first-token)", {})

@@ -337,7 +337,7 @@ def search_command(
     samples: Annotated[int, typer.Option("--samples", help="Samples per iteration (S).")] = 32,
     lr: Annotated[float, typer.Option("--lr", help="Adam learning rate.")] = 0.1,
     queries_per_iteration: Annotated[int, typer.Option("--queries-per-iteration", help="Support queries each candidate's reward is averaged over.")] = 4,
-    reward: Annotated[str, typer.Option("--reward", help="first-token (paper) | answer (answer log-likelihood)")] = "first-token",
+    reward: Annotated[str, typer.Option("--reward", help="first-token (paper) | answer (answer log-likelihood) | complete (answer, then its end: also rewards stopping)")] = "first-token",
     insert: InsertOpt = "replace",
     select: Annotated[str, typer.Option("--select", help="argmax (paper) | best-of (best of --best-of draws on held-out support items)")] = "argmax",
     holdout: Annotated[int, typer.Option("--holdout", help="Support items held out for best-of selection, the start check and the diagnostics.")] = 50,

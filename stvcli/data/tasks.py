@@ -88,6 +88,11 @@ class TemplateTask(Task):
         images = tuple(load_image(ref) for item in (*demonstrations, query) for ref in item.images)
         return Prompt(SEPARATOR.join(blocks), images)
 
+    def complete_target(self, item: Item) -> str:
+        """`` answer`` and the separator that ends every demonstration's answer (extraction
+        cuts there too)."""
+        return self.target(item) + SEPARATOR
+
     def extract(self, generation: str) -> str:
         return cut_answer(generation)
 

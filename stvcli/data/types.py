@@ -64,6 +64,11 @@ class Task(ABC):
         """The continuation whose log-likelihood the search rewards, e.g. ``" red"``."""
         return " " + item.answer
 
+    def complete_target(self, item: Item) -> str:
+        """``target`` followed by what ends an answer in this task's prompts (nothing
+        unless the task says), so a likelihood of it also rewards stopping there."""
+        return self.target(item)
+
     @abstractmethod
     def extract(self, generation: str) -> str:
         """The answer part of a raw greedy generation (cut at '.', newline, ...)."""

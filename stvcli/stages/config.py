@@ -91,7 +91,7 @@ class SearchConfig(StageOptions):
     samples: int = 32
     lr: LearningRate = 0.1
     queries_per_iteration: Positive = 4  # rewards averaged over this many support queries per candidate
-    reward: Literal["first-token", "answer"] = "first-token"
+    reward: Literal["first-token", "answer", "complete"] = "first-token"
     insert: InsertMode = "replace"
     select: Literal["argmax", "best-of"] = "argmax"
     best_of: Positive = 10  # draws scored on a held-out support slice when select = best-of

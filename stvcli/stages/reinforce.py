@@ -31,7 +31,10 @@ from stvcli.scoring import answer_scores, shared_answer_scores
 from stvcli.stages.common import Meter, run_batched
 from stvcli.workspace import Provenance, Workspace
 
-Reward = Literal["first-token", "answer"]
+#: first-token: log p(first answer token) (the paper's); answer: log p(the answer's tokens);
+#: complete: log p(the answer's tokens, then the end of the answer): it also rewards
+#: stopping there, which a zero-shot prompt does not teach (docs/method.md §4.9).
+Reward = Literal["first-token", "answer", "complete"]
 P_MIN, P_MAX = 1e-3, 1 - 1e-3  # MTV's clamp of the Bernoulli probabilities
 
 
@@ -310,15 +313,16 @@ def candidate_rewards(
     each query's shared prefix where the family allows it (``stvcli.prefix``), else as
     full forwards (the straightforward path, also under ``prefix.straightforward()``).
     Reward: minus the cross-entropy of the first answer token, or the answer's total
-    log-likelihood.
+    log-likelihood (``complete``: with the end of the answer appended).
     """
     prompts = [task.build_prompt(q) for q in queries]
-    targets = [task.target(q) for q in queries]
+    targets = [task.complete_target(q) if reward == "complete" else task.target(q) for q in queries]
     if can_share_prefix(adapter):
         # Each query's prompt runs once up to its last token (KV cache); all candidates x
         # queries then run as one batched step over it (stvcli.prefix). Exact.
         shared = shared_answer_scores(adapter, prompts, targets, candidates, n_candidates,
-                                      full_answer=reward == "answer", batch_size=batch_size, timer=meter.forward)
+                                      full_answer=reward != "first-token", batch_size=batch_size,
+                                      timer=meter.forward)
         if shared is not None:
             values = shared.first_token if reward == "first-token" else shared.total
             return values.view(len(queries), n_candidates).mean(0)

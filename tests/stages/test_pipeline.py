@@ -372,3 +372,24 @@ def test_bank_and_search_check_the_loaded_models_fingerprint(bed, workspace, sca
     with pytest.raises(ArtifactError, match="another model"):
         run_search(SearchConfig(workspace=workspace, iterations=1, samples=2, queries_per_iteration=1, holdout=0,
                                 quiet=True))
+
+
+def test_complete_reward_is_the_likelihood_of_the_answer_and_its_end(bed):
+    """reward=complete: log p(" answer\\n"), the answer and the separator that ends it,
+    against a direct teacher-forced computation on the same intervention."""
+    from stvcli.engine import Intervention
+    from stvcli.scoring import answer_scores
+    from stvcli.stages.common import Meter
+    from stvcli.stages.reinforce import candidate_rewards
+
+    adapter, data = get_adapter(bed["model"]), load_task_data(bed["data"])
+    queries = data.support[:3]
+    assert data.task.complete_target(queries[0]) == " " + queries[0].answer + "\n"
+    candidate = Intervention(torch.tensor([[0, 1]]), torch.randn(1, 1, adapter.head_dim), "replace")
+    complete = candidate_rewards(adapter, data.task, queries, candidate, 1, "complete", Meter(), None)
+    answer = candidate_rewards(adapter, data.task, queries, candidate, 1, "answer", Meter(), None)
+    one = Intervention(candidate.locations, candidate.vectors[0], "replace")
+    prompts = [data.task.build_prompt(q) for q in queries]
+    direct = answer_scores(adapter, prompts, [" " + q.answer + "\n" for q in queries], one).total.mean()
+    assert float(complete[0]) == pytest.approx(float(direct), abs=1e-4)
+    assert float(complete[0]) < float(answer[0])  # one more token's log-probability

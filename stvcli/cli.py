@@ -162,6 +162,7 @@ DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto | float32 | bfloat1
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N")]
 DeviceMapOpt = Annotated[Optional[str], typer.Option("--device-map", help="Shard over devices, e.g. 'auto'.")]
 MaxMemoryOpt = Annotated[Optional[str], typer.Option("--max-memory", help="Per-device limits for --device-map, e.g. 0=70GiB,1=70GiB,cpu=200GiB (implies --device-map auto).")]
+TrustOpt = Annotated[bool, typer.Option("--trust-remote-code", help="Allow the model's own code (Qwen-VL).")]
 InsertOpt = Annotated[str, typer.Option("--insert", help="replace (paper) | add (query's own activation + offset)")]
 
 
@@ -281,7 +282,7 @@ def scan_command(
     device_map: DeviceMapOpt = None,
     max_memory: MaxMemoryOpt = None,
     chat_template: Annotated[Optional[bool], typer.Option("--chat-template/--no-chat-template", help="Wrap prompts in the model's chat template (default: the family's choice).")] = None,
-    trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Allow the model's own code (Qwen-VL).")] = False,
+    trust_remote_code: TrustOpt = False,
     projection_pattern: Annotated[Optional[str], typer.Option("--projection-pattern", help="Regex naming each layer's attention output projection, for unknown architectures.")] = None,
     force: ForceOpt = False,
     quiet: QuietOpt = False,
@@ -382,6 +383,7 @@ def eval_command(
     task: Annotated[Optional[str], typer.Option("--task", "-t", help="Task override (with --data).")] = None,
     device_map: Annotated[Optional[str], typer.Option("--device-map", help="With --model: shard over devices, e.g. 'auto'.")] = None,
     max_memory: Annotated[Optional[str], typer.Option("--max-memory", help="With --model: per-device limits, e.g. 0=70GiB,cpu=200GiB.")] = None,
+    trust_remote_code: TrustOpt = False,
     seed: int = 0,
     batch_size: BatchOpt = "auto",
     force: ForceOpt = False,
@@ -398,7 +400,8 @@ def eval_command(
         workspace=workspace, vectors=vectors, methods=[m for m in methods.split(",") if m.strip()], limit=limit,
         output_path=output_path, log_samples=log_samples, insert=insert, metric_variant=metric_variant, seed=seed,
         batch_size=parse_batch_size(batch_size), force=force, quiet=quiet,
-        model=model_options(model, "auto", "auto", device_map, None, max_memory) if model else None,
+        model=model_options(model, "auto", "auto", device_map, None, max_memory,
+                            trust_remote_code=trust_remote_code) if model else None,
         data=data_options(data, task, seed=seed) if task else None,
         mtv={"iterations": mtv_iterations, "threshold": mtv_threshold, "seed": max(seed, 0)},
     )
@@ -445,6 +448,7 @@ def serve_command(
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = "auto",
     chat_template: Annotated[Optional[bool], typer.Option("--chat-template/--no-chat-template", help="Wrap prompts in the model's chat template (default: the family's choice).")] = None,
+    trust_remote_code: TrustOpt = False,
 ) -> None:
     """Serve a model with its task vectors behind an OpenAI-compatible API."""
     from stvcli.serve import ServeConfig, serve
@@ -452,7 +456,7 @@ def serve_command(
     serve(ServeConfig(vectors=vectors, model=model, host=host, port=port, api_key=api_key, max_batch=max_batch,
                       max_image_bytes=max_image_bytes, max_body_bytes=max_body_bytes, max_queue=max_queue,
                       allow_remote_images=allow_remote_images, insert=insert, dtype=dtype, device=device,
-                      chat_template=chat_template))
+                      chat_template=chat_template, trust_remote_code=trust_remote_code))
 
 
 @app.command("demo")

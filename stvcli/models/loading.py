@@ -14,6 +14,7 @@ import os
 import re
 import socket
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -34,6 +35,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_
 
 from stvcli.config import ModelOptions
 from stvcli.errors import ModelError
+from stvcli.models import remote_code
 from stvcli.models.base import ModelAdapter
 from stvcli.models.registry import adapter_class, resolve_name
 from stvcli.models.vision import VisionAdapter
@@ -121,6 +123,8 @@ def _fetch(load: Callable[..., T], source: ModelSource, what: str, **kwargs: Any
         return load(source.location, **kwargs)
     except ModelError:
         raise
+    except ImportError as error:  # remote code whose imports are missing (e.g. torchvision for Qwen-VL)
+        raise ModelError(f"cannot import the code of {source.location!r}: {_one_line(error)}") from error
     except ValueError as error:
         if "trust_remote_code" in str(error):
             raise ModelError(f"{source.location!r} runs its own code from the hub; pass --trust-remote-code if you trust it") from error
@@ -225,12 +229,24 @@ def _load_gguf(source: ModelSource, config: Any, dtype: torch.dtype) -> nn.Modul
 
 
 def load_model(options: ModelOptions) -> ModelAdapter:
-    """Load ``options.model`` (short name, hub id, directory or .gguf) and wrap it in its adapter."""
+    """Load ``options.model`` (short name, hub id, directory or .gguf) and wrap it in its adapter.
+
+    With ``trust_remote_code`` the hub's own code is imported and loaded under
+    ``remote_code.compat()`` (shims for code written for transformers 4, e.g. Qwen-VL's).
+    """
+    # compat() must be in force before the remote files are imported and the weights load
+    with remote_code.compat() if options.trust_remote_code else nullcontext():
+        return _load_model(options)
+
+
+def _load_model(options: ModelOptions) -> ModelAdapter:
     source = resolve_source(options.model)
     device = _device(options.device)
     dtype = _dtype(options.dtype, device, options.device_map)
     hub = {"revision": options.revision, "trust_remote_code": options.trust_remote_code}
     config = _fetch(AutoConfig.from_pretrained, source, "config", **hub)
+    if options.trust_remote_code:
+        remote_code.prepare_config(config, dtype)
     model_class = AutoModelForImageTextToText if is_vision_config(config) else AutoModelForCausalLM
     if options.device_map is not None:
         from stvcli.distributed import rank_max_memory
@@ -244,6 +260,8 @@ def load_model(options: ModelOptions) -> ModelAdapter:
         model = _load_gguf(source, config, dtype).to(device)
     else:
         model = _fetch(model_class.from_pretrained, source, "weights", config=config, dtype=dtype, **placement, **hub)
+        if options.trust_remote_code:
+            model = remote_code.finish_loading(model)
     cls = adapter_class(getattr(config, "architectures", None) or [type(model).__name__])  # GGUF configs have none
     processor = _load_processor(cls, config, source, hub)
     return cls(

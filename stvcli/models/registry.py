@@ -23,7 +23,7 @@ from stvcli.models.base import ModelAdapter
 from stvcli.registry import Registry
 
 #: Modules of ``stvcli.models`` that define no family (discovery skips them).
-INFRASTRUCTURE_MODULES = frozenset({"base", "registry", "loading", "vision"})
+INFRASTRUCTURE_MODULES = frozenset({"base", "registry", "loading", "vision", "remote_code"})
 
 A = TypeVar("A", bound=type[ModelAdapter])
 

@@ -148,7 +148,7 @@ def test_qwen_vl_writes_images_to_paths_in_img_tags(tmp_path):
     image = tiny_image(7)
     inputs = adapter.encode([Prompt("Describe <image> please", (image,)), Prompt("no image")])
     text = adapter.tokenizer.decode(inputs["input_ids"][0], skip_special_tokens=True)
-    match = re.fullmatch(r"Describe Picture 1: <img>(.+\.png)</img>\n please", text)
+    match = re.fullmatch(r"Describe Picture 1:<img>(.+\.png)</img>\n please", text)
     assert match, text
     with Image.open(Path(match[1])) as saved:
         assert saved.tobytes() == image.tobytes()

@@ -33,6 +33,7 @@ import torch
 
 from stvcli.models.base import ModelAdapter
 from stvcli.prompt import IMAGE_PLACEHOLDER, Prompt
+from stvcli.scoring import model_kwargs, output_cache
 
 _ENABLED: contextvars.ContextVar[bool] = contextvars.ContextVar("stv_prefix_sharing", default=True)
 
@@ -175,9 +176,9 @@ def run_prefix(adapter: ModelAdapter, inputs: dict[str, Any], n: int) -> PrefixS
     if positions is not None:
         prefix["position_ids"] = positions[..., :-n]
     with torch.inference_mode():
-        output = adapter.model(**prefix, use_cache=True, logits_to_keep=1)
+        output = adapter.model(**prefix, **model_kwargs(adapter.model, keep=1, use_cache=True))
     suffix = {k: inputs[k][:, -n:] for k in keys if k != "attention_mask"}
-    return PrefixState(output.past_key_values, inputs["attention_mask"], suffix, positions, n)
+    return PrefixState(output_cache(output), inputs["attention_mask"], suffix, positions, n)
 
 
 def step(adapter: ModelAdapter, state: PrefixState, rows: torch.Tensor, keep: int) -> torch.Tensor:
@@ -193,7 +194,7 @@ def step(adapter: ModelAdapter, state: PrefixState, rows: torch.Tensor, keep: in
     inputs.update(_take_positions(state.positions, rows, slice(-state.n, None)))
     cache = fork_cache(state.cache, rows)
     with torch.inference_mode():
-        output = adapter.model(**inputs, past_key_values=cache, use_cache=True, logits_to_keep=keep)
+        output = adapter.model(**inputs, **model_kwargs(adapter.model, keep=keep, cache=cache, use_cache=True))
     return output.logits[:, -keep:].float()
 
 
@@ -294,9 +295,9 @@ def capture_shared(
     timer = timer or (lambda rows: nullcontext())
     with torch.inference_mode():
         with timer(0):
-            output = adapter.model(**prefix_run, use_cache=True, logits_to_keep=1)
-        cache = fork_cache(output.past_key_values, torch.zeros(len(prompts), dtype=torch.long))
+            output = adapter.model(**prefix_run, **model_kwargs(adapter.model, keep=1, use_cache=True))
+        cache = fork_cache(output_cache(output), torch.zeros(len(prompts), dtype=torch.long))
         last = (lengths_t - 1).to(mask.device)
         with timer(len(prompts)), capturing(adapter, locations, positions=last) as capture:
-            adapter.model(**step_inputs, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            adapter.model(**step_inputs, **model_kwargs(adapter.model, keep=1, cache=cache, use_cache=True))
     return capture.result()

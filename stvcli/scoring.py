@@ -3,9 +3,12 @@ greedy generation, each optionally with vectors inserted (``stvcli.engine``)."""
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import torch
@@ -15,10 +18,74 @@ from stvcli.models.base import ModelAdapter
 from stvcli.prompt import Prompt
 
 
+# ------------------------------------------------------------------ transformers versions
+#: The transformers release that renamed the KV cache ``past_key_values`` -> ``cache`` (the
+#: forward keyword and the outputs' field; the old names warn from then on).
+CACHE_RENAMED = (5, 24)
+
+
+def _forward_parameters(model: Any) -> frozenset[str]:
+    """The keyword names ``model``'s forward declares (its class's, or a patched/hooked
+    instance forward's), looked up once per forward function."""
+    forward = model.forward
+    return _parameters_of(getattr(forward, "__func__", forward))
+
+
+@lru_cache(maxsize=64)
+def _parameters_of(function: Any) -> frozenset[str]:
+    try:
+        return frozenset(inspect.signature(function).parameters)
+    except (TypeError, ValueError):
+        return frozenset()
+
+
+@lru_cache(maxsize=1)
+def _transformers_version() -> tuple[int, int]:
+    import transformers
+
+    major, minor = (transformers.__version__.split(".") + ["0"])[:2]
+    return int(major), int("".join(c for c in minor if c.isdigit()) or 0)
+
+
+def model_kwargs(model: Any, *, keep: int | None = None, cache: Any = None, use_cache: bool = False) -> dict[str, Any]:
+    """The keywords of one ``model(**inputs, ...)`` call, named as THIS model's forward names them.
+
+    ``cache``: the KV cache to continue (``cache`` on transformers >= 5.24, ``past_key_values``
+    before it and in remote code that only knows that name); ``keep``: logits of the last
+    ``keep`` positions only (``logits_to_keep``, ``num_logits_to_keep`` on older remote code;
+    omitted where the forward has neither: callers slice ``logits[:, -keep:]`` anyway).
+    Decided from the forward's signature (once per forward function); a forward that takes
+    neither cache name explicitly (``**kwargs`` only) gets the installed transformers' name.
+    """
+    names = _forward_parameters(model)
+    kwargs: dict[str, Any] = {"use_cache": use_cache}
+    if cache is not None:
+        if "cache" in names:
+            kwargs["cache"] = cache
+        elif "past_key_values" in names or _transformers_version() < CACHE_RENAMED:
+            kwargs["past_key_values"] = cache
+        else:
+            kwargs["cache"] = cache
+    if keep is not None:
+        for name in ("logits_to_keep", "num_logits_to_keep"):
+            if name in names:
+                kwargs[name] = keep
+                break
+    return kwargs
+
+
+def output_cache(output: Any) -> Any:
+    """The KV cache a ``use_cache=True`` forward returned (``output.cache`` on transformers
+    >= 5.24, ``output.past_key_values`` before), read without the renamed field's warning."""
+    if dataclasses.is_dataclass(output) and "cache" in {f.name for f in dataclasses.fields(output)}:
+        return output.cache
+    return output.past_key_values
+
+
 def forward_logits(adapter: ModelAdapter, inputs: dict[str, torch.Tensor], keep: int = 1) -> torch.Tensor:
     """Logits of the last ``keep`` positions: [B, keep, V] float32."""
     with torch.inference_mode():
-        output = adapter.model(**inputs, logits_to_keep=keep, use_cache=False)
+        output = adapter.model(**inputs, **model_kwargs(adapter.model, keep=keep))
     return output.logits[:, -keep:].float()
 
 

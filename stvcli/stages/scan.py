@@ -23,7 +23,7 @@ from stvcli.data.types import Item, Task, TaskData
 from stvcli.engine import capturing
 from stvcli.errors import StvError
 from stvcli.models.base import ModelAdapter
-from stvcli.scoring import default_batch_size
+from stvcli.scoring import default_batch_size, model_kwargs
 from stvcli.stages.common import Meter, check_inputs, get_adapter, run_batched
 from stvcli.stages.config import ScanConfig
 from stvcli.workspace import Provenance, Shares, Workspace
@@ -108,7 +108,7 @@ def capture_prompts(adapter: ModelAdapter, prompts, meter: Meter, batch_size, lo
     def run(chunk):
         inputs = adapter.encode(chunk)
         with meter.forward(len(chunk)), capturing(adapter, locations) as capture, torch.inference_mode():
-            adapter.model(**inputs, logits_to_keep=1, use_cache=False)
+            adapter.model(**inputs, **model_kwargs(adapter.model, keep=1))
         return list(capture.result().cpu())
 
     return torch.stack(run_batched(run, prompts, batch_size, on_batch))

@@ -414,6 +414,56 @@ def eval_command(
         out.print(markdown_table(report), highlight=False)
 
 
+@app.command("plan")
+@user_errors
+def plan_command(
+    model: ModelOpt,
+    task: TaskOpt = "vqa",
+    data: Annotated[Optional[str], typer.Option("--data", help="A local data file/folder to read and count (default: the task's data; hub data is not downloaded: typical items are assumed).")] = None,
+    eval_limit: Annotated[Optional[int], typer.Option("--eval-limit", help="Hold out at most N evaluation items (as scan's).")] = None,
+    shots: Annotated[Optional[int], typer.Option("--shots", help="Demonstrations per many-shot prompt (task default).")] = None,
+    queries: Annotated[Optional[int], typer.Option("--queries", help="Support queries scanned (scan's default: 100).")] = None,
+    top_k: Annotated[Optional[int], typer.Option("--top-k", help="Heads kept.")] = None,
+    top_frac: Annotated[Optional[float], typer.Option("--top-frac", help="Heads kept, as a fraction of all heads (default 300/1024).")] = None,
+    clusters: Annotated[Optional[int], typer.Option("--clusters", help="k-means clusters per location (bank's default: 32).")] = None,
+    contexts: Annotated[Optional[int], typer.Option("--contexts", help="Many-shot contexts clustered (default 8 x --clusters).")] = None,
+    iterations: Annotated[Optional[int], typer.Option("--iterations", help="Search iterations (default 300).")] = None,
+    samples: Annotated[Optional[int], typer.Option("--samples", help="Samples per search iteration (default 32).")] = None,
+    queries_per_iteration: Annotated[Optional[int], typer.Option("--queries-per-iteration", help="Support queries per search candidate (default 4).")] = None,
+    holdout: Annotated[Optional[int], typer.Option("--holdout", help="Search hold-out items (default 50).")] = None,
+    select: Annotated[Optional[str], typer.Option("--select", help="argmax (default) | best-of")] = None,
+    mean_choice: Annotated[Optional[bool], typer.Option("--mean-choice/--no-mean-choice", help="As `stv search`.")] = None,
+    keep_choice: Annotated[Optional[bool], typer.Option("--keep-choice/--no-keep-choice", help="As `stv search`.")] = None,
+    mtv_iterations: Annotated[Optional[int], typer.Option("--mtv-iterations", help="MTV iterations (default 600).")] = None,
+    methods: Annotated[Optional[str], typer.Option("--methods", help="Eval methods, comma list (default zero-shot,icl:4,mtv,stv).")] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", "--items", help="Evaluate the first N items (as eval's --limit).")] = None,
+    support_items: Annotated[Optional[int], typer.Option("--support-items", help="Support items to assume for data that is not read.")] = None,
+    eval_items: Annotated[Optional[int], typer.Option("--eval-items", help="Evaluation items to assume for data that is not read.")] = None,
+    image_size: Annotated[str, typer.Option("--image-size", help="Image size assumed for dynamic-resolution models (Qwen2-VL): 448 or WxH.")] = "448",
+    throughput: Annotated[Optional[str], typer.Option("--throughput", help="Forwards per second, for the time per stage: 12, or 12,scan=3,bank=3 per stage.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Rows per forward for the KV-cache memory figure.")] = 32,
+    dtype: DtypeOpt = "auto",
+    chat_template: Annotated[Optional[bool], typer.Option("--chat-template/--no-chat-template", help="Count prompts with or without the chat template (default: the family's choice).")] = None,
+    workspace: Annotated[Optional[Path], typer.Option("--workspace", "-w", help="Workspace the artifact paths are shown in (nothing is written).")] = None,
+    seed: int = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Forwards, prompt lengths, memory and artifacts of every stage, from the model's config (no weights)."""
+    from stvcli.plan import PlanConfig, make_plan, render_plan
+
+    plan = make_plan(PlanConfig(
+        model=model, task=task, data=data, eval_limit=eval_limit, seed=seed, shots=shots, queries=queries,
+        top_k=top_k, top_frac=top_frac, clusters=clusters, contexts=contexts, iterations=iterations,
+        samples=samples, queries_per_iteration=queries_per_iteration, holdout=holdout, select=select,
+        mean_choice=mean_choice, keep_choice=keep_choice, mtv_iterations=mtv_iterations,
+        methods=[m for m in methods.split(",") if m.strip()] if methods is not None else None, limit=limit,
+        support_items=support_items, eval_items=eval_items, image_size=image_size, throughput=throughput,
+        batch_size=batch_size, dtype=dtype, chat_template=chat_template, workspace=workspace))
+    if as_json:
+        return emit(plan, True)
+    typer.echo(render_plan(plan))
+
+
 @app.command("report")
 @user_errors
 def report_command(

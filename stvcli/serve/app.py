@@ -1,5 +1,11 @@
 """The FastAPI app: OpenAI-style routes in front of the batching worker.
 
+Routes: ``/v1/models``, ``/v1/chat/completions``, ``/v1/completions`` (legacy completions
+with ``echo``/``logprobs``: what lm-evaluation-harness's ``local-completions`` needs for
+log-likelihood tasks), and vLLM's tokenizer routes at the root (``/tokenizer_info``,
+``/tokenize``, ``/detokenize``), all behind the API key when one is set; ``/health`` is
+open.
+
 Every refusal is a JSON error in the OpenAI shape (see ``stvcli.serve.errors``): bad
 JSON or fields 400, missing or wrong key 401, unknown model 404, body or image over
 its limit 413, full queue 503 with Retry-After. Checks run before a request is queued,
@@ -24,7 +30,7 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
@@ -34,6 +40,7 @@ from stvcli import __version__
 from stvcli.models.base import ModelAdapter
 from stvcli.prompt import IMAGE_PLACEHOLDER, Prompt
 from stvcli.serve.catalog import Catalog, check_vector_set, load_catalog, served_name, vector_set
+from stvcli.serve.completions import build_completion, plan_rows
 from stvcli.serve.config import ServeConfig
 from stvcli.serve.errors import ApiError, bad_request, server_error, unauthorized
 from stvcli.serve.generation import Row, RowResult
@@ -46,13 +53,20 @@ from stvcli.serve.schema import (
     ChatRequest,
     Choice,
     ChunkChoice,
+    Completion,
+    CompletionRequest,
     Delta,
+    DetokenizeRequest,
+    DetokenizeResponse,
     ModelCard,
     ModelList,
+    TokenizeRequest,
+    TokenizeResponse,
     Usage,
     new_completion_id,
     now,
 )
+from stvcli.serve.tokens import Tokens
 from stvcli.serve.worker import Failed, Finished, Job, Worker
 from stvcli.vectors import TaskVectors
 
@@ -85,6 +99,7 @@ def create_app(
     encode_lock = threading.Lock()  # the tokenizer is not safe to call from two threads at once
     worker = Worker(adapter, max_batch=config.max_batch, max_queue=config.max_queue,
                     batch_wait_s=config.batch_wait_ms / 1000, encode_lock=encode_lock)
+    tokens = Tokens(adapter, base_id, encode_lock)
     api_key = config.resolved_api_key()
     created = now()
 
@@ -164,6 +179,44 @@ def create_app(
             usage=_usage(result),
         )
 
+    @app.post("/v1/completions", dependencies=[Depends(authorize)])
+    async def completions(request: Request) -> Completion:
+        body = await run_in_threadpool(_parse, CompletionRequest, await request.body())
+        target = catalog.resolve(body.model)
+        prompts = body.prompts
+        token_lists = await run_in_threadpool(tokens.encode_prompts, prompts, max_prompt_chars,
+                                              adapter.context_length)
+        rows = plan_rows(body, token_lists, context=adapter.context_length,
+                         default_max_tokens=config.default_max_tokens)
+        jobs = [Job(row, target) for row in rows]
+        worker.submit_all(jobs)
+        try:
+            results = [await job.result() for job in jobs]
+        finally:
+            for job in jobs:
+                job.cancel()  # no-op for finished rows; drops the others of a failed or abandoned request
+        return await run_in_threadpool(build_completion, body, prompts, rows, results, tokens,
+                                       catalog.canonical(body.model), FINGERPRINT)
+
+    @app.get("/tokenizer_info", dependencies=[Depends(authorize)])
+    async def tokenizer_info() -> dict:
+        return tokens.info()
+
+    @app.post("/tokenize", dependencies=[Depends(authorize)])
+    async def tokenize(request: Request) -> TokenizeResponse:
+        body = await run_in_threadpool(_parse, TokenizeRequest, await request.body())
+        if body.model is not None:
+            catalog.resolve(body.model)
+        ids = await run_in_threadpool(tokens.tokenize, body.prompt, body.add_special_tokens)
+        return TokenizeResponse(count=len(ids), max_model_len=adapter.context_length, tokens=ids)
+
+    @app.post("/detokenize", dependencies=[Depends(authorize)])
+    async def detokenize(request: Request) -> DetokenizeResponse:
+        body = await run_in_threadpool(_parse, DetokenizeRequest, await request.body())
+        if body.model is not None:
+            catalog.resolve(body.model)
+        return DetokenizeResponse(prompt=await run_in_threadpool(tokens.detokenize, body.tokens))
+
     return app
 
 
@@ -218,6 +271,11 @@ async def _sse(job: Job, completion_id: str, model: str, include_usage: bool) ->
 def _parse_chat(body: bytes) -> ChatRequest:
     """The request body as a ChatRequest (CPU-bound: runs in a worker thread)."""
     return ChatRequest.model_validate(parse_json(body))
+
+
+def _parse(model: type[BaseModel], body: bytes) -> BaseModel:
+    """The request body as ``model`` (CPU-bound: runs in a worker thread)."""
+    return model.model_validate(parse_json(body))
 
 
 def _max_prompt_chars(adapter: ModelAdapter) -> int | None:

@@ -11,6 +11,13 @@ stop strings, cancellation, and the streamed text (held back while it could stil
 the start of a stop string). A guard checks every step's scores: rows whose scores turn
 NaN (broken vectors, an overflow) raise ``RowsFailed`` naming them, so the caller can
 fail those rows alone and rerun the rest.
+
+Rows may also come as token ids (``/v1/completions``), may ask for the log-probability
+of every generated token (``logprobs``: the model's own distribution, recorded by a
+logits processor before any sampling touches the scores) and may have the vectors
+written at more than the last prompt token (``trailing``: the positions of a
+continuation already in the prompt, see ``stvcli.serve.echo``). ``first_tokens`` makes
+the first decoding step from logits a caller already has, with the same bookkeeping.
 """
 
 from __future__ import annotations
@@ -25,21 +32,38 @@ from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria,
 from stvcli.engine import Intervention, applied
 from stvcli.models.base import ModelAdapter
 from stvcli.prompt import Prompt
+from stvcli.serve.logprobs import TokenLogprob, pick
 from stvcli.serve.schema import FinishReason
 
 
 @dataclass
 class Row:
-    """What one request asks of the model."""
+    """What one request (one prompt of it) asks of the model."""
 
-    prompt: Prompt
-    max_tokens: int
+    prompt: Prompt | None  # None when the row comes as ``token_ids``
+    max_tokens: int  # 0: no generation (an echo row that only scores its prompt)
     temperature: float = 0.0  # 0: greedy
     top_p: float = 1.0
     seed: int | None = None
     stops: Sequence[str] = ()
     on_text: Callable[[str], None] | None = None  # called with each new piece of text (streaming)
     is_cancelled: Callable[[], bool] = field(default=lambda: False)
+    token_ids: Sequence[int] | None = None  # the prompt as token ids, used as they are
+    logprobs: int | None = None  # top alternatives per returned token; None: no log-probabilities
+    echo: bool = False  # score the prompt's own tokens (token rows only)
+    continuation_start: int | None = None  # token index where the vectors' continuation starts
+
+    @property
+    def n_prompt_tokens(self) -> int | None:
+        return None if self.token_ids is None else len(self.token_ids)
+
+    @property
+    def trailing(self) -> int:
+        """Prompt positions that get the vectors: from the token before ``continuation_start``."""
+        n = self.n_prompt_tokens
+        if n is None or self.continuation_start is None:
+            return 1
+        return n - self.continuation_start + 1
 
 
 class RowsFailed(RuntimeError):
@@ -57,6 +81,9 @@ class RowResult:
     finish_reason: FinishReason
     prompt_tokens: int
     completion_tokens: int
+    token_ids: list[int] = field(default_factory=list)  # generated, with the end-of-sequence token that ended them
+    logprobs: list[TokenLogprob] | None = None  # one per ``token_ids`` entry, when the row asked
+    prompt_logprobs: list[TokenLogprob | None] | None = None  # echo: one per prompt token (the first None)
 
 
 def generate_rows(
@@ -64,14 +91,22 @@ def generate_rows(
     inputs: dict[str, torch.Tensor],
     rows: Sequence[Row],
     intervention: Intervention | None = None,
+    trailing: torch.Tensor | None = None,
 ) -> list[RowResult]:
-    """Run ``rows`` (already encoded into ``inputs``, left padded) as one batch."""
+    """Run ``rows`` (already encoded into ``inputs``, left padded) as one batch.
+
+    ``trailing`` [B]: prompt positions (from the end) that get the vectors in the
+    prefill (default: the last one); every generated token gets them.
+    """
     tokenizer = adapter.tokenizer
-    tracker = _Tracker(rows, tokenizer, _eos_ids(adapter))
+    recorder = _LogprobRecorder() if any(r.logprobs is not None for r in rows) else None
+    tracker = _Tracker(rows, tokenizer, _eos_ids(adapter), recorder)
     processors = LogitsProcessorList([_NanGuard(tracker)])
+    if recorder is not None:
+        processors.append(recorder)  # before the sampler pins the scores
     if any(r.temperature > 0 for r in rows):
         processors.append(_Sampler(rows, tracker))
-    with applied(adapter, intervention), torch.inference_mode():
+    with applied(adapter, intervention, trailing=trailing), torch.inference_mode():
         adapter.model.generate(
             **inputs,
             max_new_tokens=max(r.max_tokens for r in rows),
@@ -81,6 +116,25 @@ def generate_rows(
             stopping_criteria=StoppingCriteriaList([tracker]),
         )
     prompt_tokens = inputs["attention_mask"].sum(1).tolist()
+    return [tracker.finish(b, int(n)) for b, n in enumerate(prompt_tokens)]
+
+
+def first_tokens(adapter: ModelAdapter, rows: Sequence[Row], logits: torch.Tensor,
+                 prompt_tokens: Sequence[int]) -> list[RowResult]:
+    """Rows of ``max_tokens`` 1 finished from ``logits`` [B, V] (float32) of their last
+    prompt position: the token ``generate_rows`` would pick (greedy, or the row's
+    seeded draw), with the same end-of-sequence, stop-string and log-prob handling."""
+    if any(row.max_tokens != 1 for row in rows):
+        raise ValueError("first_tokens finishes rows of max_tokens 1 only")
+    recorder = _LogprobRecorder() if any(r.logprobs is not None for r in rows) else None
+    tracker = _Tracker(rows, adapter.tokenizer, _eos_ids(adapter), recorder)
+    scores = logits.float().clone()
+    _NanGuard(tracker)(None, scores)
+    if recorder is not None:
+        recorder(None, scores)
+    if any(r.temperature > 0 for r in rows):
+        scores = _Sampler(rows, tracker)(None, scores)
+    tracker(scores.argmax(-1)[:, None], scores)
     return [tracker.finish(b, int(n)) for b, n in enumerate(prompt_tokens)]
 
 
@@ -104,6 +158,18 @@ class _NanGuard(LogitsProcessor):
             rows = [b for b in broken.nonzero().flatten().tolist() if self.tracker.states[b].finish_reason is None]
             if rows:
                 raise RowsFailed(rows, "the model's scores turned NaN (are its vectors broken?)")
+        return scores
+
+
+class _LogprobRecorder(LogitsProcessor):
+    """Keeps the current step's log-softmax of the raw scores, for the tracker to read
+    the chosen tokens' log-probabilities from."""
+
+    def __init__(self) -> None:
+        self.latest: torch.Tensor | None = None
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        self.latest = torch.log_softmax(scores.float(), dim=-1)
         return scores
 
 
@@ -142,7 +208,9 @@ def _nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
 
 @dataclass
 class _RowState:
-    tokens: list[int] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)  # generated, without the end-of-sequence token
+    ids: list[int] = field(default_factory=list)  # generated, with it
+    logprobs: list[TokenLogprob] = field(default_factory=list)
     finish_reason: FinishReason | None = None
     text: str | None = None  # the final text once finished (cut at a stop string)
     emitted: int = 0  # characters handed to on_text
@@ -151,10 +219,12 @@ class _RowState:
 class _Tracker(StoppingCriteria):
     """Collects each row's new tokens and decides, per row, when it is done."""
 
-    def __init__(self, rows: Sequence[Row], tokenizer, eos_ids: set[int]) -> None:
+    def __init__(self, rows: Sequence[Row], tokenizer, eos_ids: set[int],
+                 recorder: _LogprobRecorder | None = None) -> None:
         self.rows = rows
         self.tokenizer = tokenizer
         self.eos_ids = eos_ids
+        self.recorder = recorder
         self.states = [_RowState() for _ in rows]
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
@@ -162,14 +232,17 @@ class _Tracker(StoppingCriteria):
         done = []
         for b, (row, state, token) in enumerate(zip(self.rows, self.states, new_tokens, strict=True)):
             if state.finish_reason is None:
-                self._step(row, state, token)
+                self._step(b, row, state, token)
             done.append(state.finish_reason is not None)
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
-    def _step(self, row: Row, state: _RowState, token: int) -> None:
+    def _step(self, b: int, row: Row, state: _RowState, token: int) -> None:
         if row.is_cancelled():
             self._close(row, state, "stop")
             return
+        state.ids.append(token)
+        if row.logprobs is not None and self.recorder is not None and self.recorder.latest is not None:
+            state.logprobs += pick(self.recorder.latest[b : b + 1], torch.tensor([token]), row.logprobs)
         if token in self.eos_ids:
             self._close(row, state, "stop")
             return
@@ -203,7 +276,8 @@ class _Tracker(StoppingCriteria):
         row, state = self.rows[b], self.states[b]
         if state.finish_reason is None:
             self._close(row, state, "length")
-        return RowResult(state.text or "", state.finish_reason, prompt_tokens, len(state.tokens))
+        return RowResult(state.text or "", state.finish_reason, prompt_tokens, len(state.tokens), list(state.ids),
+                         list(state.logprobs) if row.logprobs is not None else None)
 
 
 def _first_stop(text: str, stops: Sequence[str]) -> int | None:

@@ -1,10 +1,12 @@
 """The batching queue: requests wait in an asyncio queue; one background task takes up
 to ``max_batch`` of them at a time and runs them on a single model thread.
 
-Each batch is split by insertion mode (a forward cannot mix ``replace`` and ``add``);
-bare-model rows join any group with a row mask that leaves them untouched, so requests
-for the bare model and for different vector sets share a forward. Results and streamed
-text go back to the event loop through each job's own asyncio queue.
+Each batch is split by input kind (chat prompts, encoded by the adapter; token-id
+prompts of ``/v1/completions``, run by ``stvcli.serve.echo``) and by insertion mode (a
+forward cannot mix ``replace`` and ``add``); bare-model rows join any group of their kind
+with a row mask that leaves them untouched, so requests for the bare model and for
+different vector sets share a forward. Results and streamed text go back to the event
+loop through each job's own asyncio queue.
 
 A failing row cannot fail its batch: when a forward fails, the rows the failure names
 (``RowsFailed``) get the error and the others run again; any other failure runs every
@@ -26,6 +28,7 @@ from dataclasses import dataclass, field
 
 from stvcli.models.base import ModelAdapter
 from stvcli.serve.catalog import VectorSet, batch_intervention
+from stvcli.serve.echo import TokenInputs, run_token_rows
 from stvcli.serve.errors import ApiError, overloaded, server_error
 from stvcli.serve.generation import Row, RowResult, RowsFailed, generate_rows
 
@@ -65,6 +68,11 @@ class Job:
     @property
     def model_id(self) -> str | None:
         return None if self.vector_set is None else self.vector_set.id
+
+    @property
+    def tokens(self) -> bool:
+        """Whether the row's prompt is token ids (a ``/v1/completions`` row)."""
+        return self.row.token_ids is not None
 
     def push(self, event: Event) -> None:
         """Deliver an event from any thread."""
@@ -138,6 +146,8 @@ class Worker:
         self.max_queue = max_queue
         self.batch_wait_s = batch_wait_s
         self.encode_lock = encode_lock or threading.Lock()
+        with self.encode_lock:
+            self.token_inputs = TokenInputs(adapter)
         self.stats = WorkerStats()
         self._queue: asyncio.Queue[Job] | None = None
         self._task: asyncio.Task | None = None
@@ -165,12 +175,17 @@ class Worker:
 
     def submit(self, job: Job) -> None:
         """Queue ``job``; a 503 (with Retry-After) when the queue is full."""
+        self.submit_all([job])
+
+    def submit_all(self, jobs: Sequence[Job]) -> None:
+        """Queue all of ``jobs`` (the prompts of one request) or none: a 503 (with
+        Retry-After) when the queue has no room for all of them."""
         if self._queue is None:
             raise server_error("the worker is not running")
-        try:
+        if self._queue.maxsize - self._queue.qsize() < len(jobs):
+            raise overloaded()
+        for job in jobs:
             self._queue.put_nowait(job)
-        except asyncio.QueueFull:
-            raise overloaded() from None
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -203,8 +218,10 @@ class Worker:
 
     # ------------------------------------------------------------------ model thread side
     def _run(self, jobs: Sequence[Job]) -> None:
-        for group in split_by_mode([job for job in jobs if not job.cancelled]):
-            self._run_group(group)
+        live = [job for job in jobs if not job.cancelled]
+        for kind in (False, True):  # chat prompts, then token-id prompts
+            for group in split_by_mode([job for job in live if job.tokens == kind]):
+                self._run_group(group)
 
     def _run_group(self, group: Sequence[Job]) -> None:
         """One forward for ``group``; on failure, isolate the failing rows (see the module doc)."""
@@ -231,10 +248,12 @@ class Worker:
             job.push(Finished(result))
 
     def _generate(self, group: Sequence[Job]) -> list[RowResult]:
+        rows, sets = [job.row for job in group], [job.vector_set for job in group]
+        if group[0].tokens:
+            return run_token_rows(self.adapter, self.token_inputs, rows, sets)
         with self.encode_lock:
-            inputs = self.adapter.encode([job.row.prompt for job in group])
-        intervention = batch_intervention([job.vector_set for job in group])
-        return generate_rows(self.adapter, inputs, [job.row for job in group], intervention)
+            inputs = self.adapter.encode([row.prompt for row in rows])
+        return generate_rows(self.adapter, inputs, rows, batch_intervention(sets))
 
     def _rerun(self, jobs: Sequence[Job]) -> None:
         live = [job for job in jobs if not job.cancelled]

@@ -66,11 +66,12 @@ def test_image_answer_equals_scoring_generate(client: openai.OpenAI, served: Ser
         assert response.choices[0].message.content == reference(served, prompt, model)
 
 
-def test_system_and_turns_are_joined_by_newlines(client: openai.OpenAI, served: Served) -> None:
+def test_turns_are_rendered_as_a_task_prompt(client: openai.OpenAI, served: Served) -> None:
+    """System line first, each answered question as ``question answer``, newline-joined."""
     messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello"},
                 {"role": "assistant", "content": "hi"}, {"role": "user", "content": [{"type": "text", "text": "fox"}]}]
     response = client.chat.completions.create(model=served.ids["demo"], messages=messages, max_tokens=MAX_TOKENS)
-    assert response.choices[0].message.content == reference(served, Prompt("be brief\nhello\nhi\nfox"), "demo")
+    assert response.choices[0].message.content == reference(served, Prompt("be brief\nhello hi\nfox"), "demo")
 
 
 def test_stream_matches_the_plain_answer(client: openai.OpenAI, served: Served) -> None:

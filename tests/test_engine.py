@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from stvcli.engine import Intervention, all_locations, applied, capturing, inserting
-from stvcli.testing.tiny import TINY_FAMILIES
+from stvcli.testing.tiny import TINY_FAMILIES, recording_inputs
 
 DECODER_LAYERS = {
     "llama": "model.layers",
@@ -38,18 +38,8 @@ def o_proj(adapter, family: str, layer: int) -> torch.nn.Module:
 @contextmanager
 def recording(adapter, family: str) -> Iterator[list[list[torch.Tensor]]]:
     """Per layer, the o_proj input of every forward call: [B, T, H * D] each."""
-    calls: list[list[torch.Tensor]] = [[] for _ in range(adapter.n_layers)]
-    handles = [
-        o_proj(adapter, family, layer).register_forward_pre_hook(
-            lambda module, args, layer=layer: calls[layer].append(args[0].detach().clone())
-        )
-        for layer in range(adapter.n_layers)
-    ]
-    try:
+    with recording_inputs([o_proj(adapter, family, layer) for layer in range(adapter.n_layers)]) as calls:
         yield calls
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def forward(adapter, inputs) -> torch.Tensor:

@@ -29,7 +29,7 @@ from stvcli.engine import Intervention, all_locations, applied, capturing
 from stvcli.prefix import capture_shared, shared_text_prefix
 from stvcli.prompt import Prompt
 from stvcli.scoring import answer_scores, forward_logits, generate, shared_answer_scores
-from stvcli.testing.tiny import TEXT_FAMILIES, TINY_FAMILIES, VISION_FAMILIES, tiny_adapter, tiny_image
+from stvcli.testing.tiny import TEXT_FAMILIES, TINY_FAMILIES, VISION_FAMILIES, group_prompts, tiny_adapter, tiny_image
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 ACT_TOL = {"bf16": 0.04, "fp16": 0.006}
@@ -64,22 +64,6 @@ def prompts_for(family: str) -> list[Prompt]:
         Prompt("Input: hot Output:"),
         Prompt("the cat and the dog are one two three four five six seven. Answer:"),
     ]
-
-
-def group_prompts(family: str) -> list[Prompt]:
-    """Four many-shot prompts sharing three demonstrations (images for vision families)."""
-    from stvcli.data.tasks import get_task
-    from stvcli.data.types import Item
-
-    vision = family in VISION_FAMILIES
-    task = get_task("vqa" if vision else "text")
-    words = "red green blue cat dog bird fish apple banana one two three".split()
-    items = [
-        Item(uid=str(i), question=" ".join(words[(i * j) % 12] for j in range(1, 2 + i % 4)), answers=(words[i % 12],),
-             images=(tiny_image(i),) if vision else ())
-        for i in range(7)
-    ]
-    return [task.build_prompt(q, items[4:]) for q in items[:4]]
 
 
 def realistic_vectors(adapter, n_rows: int | None = None, scale: float = 3.0) -> torch.Tensor:

@@ -18,7 +18,7 @@ from stvcli.prefix import (
 )
 from stvcli.prompt import Prompt
 from stvcli.scoring import answer_scores, shared_answer_scores
-from stvcli.testing.tiny import TINY_FAMILIES, VISION_FAMILIES, tiny_image
+from stvcli.testing.tiny import TINY_FAMILIES, VISION_FAMILIES, group_prompts, tiny_image
 
 ATOL = 1e-4
 ANSWERS = [" red", " cold banana", " yes"]
@@ -40,22 +40,6 @@ def per_row_reference(adapter, prompts, answers, cands: Intervention, n: int):
             first.append(scores.first_token)
             total.append(scores.total)
     return torch.cat(first), torch.cat(total)
-
-
-def group_prompts(family: str) -> list[Prompt]:
-    """Four many-shot prompts sharing three demonstrations (with images for vision families)."""
-    from stvcli.data.tasks import get_task
-    from stvcli.data.types import Item
-
-    vision = family in VISION_FAMILIES
-    task = get_task("vqa" if vision else "text")
-    words = "red green blue cat dog bird fish apple banana one two three".split()
-    items = [
-        Item(uid=str(i), question=" ".join(words[(i * j) % 12] for j in range(1, 2 + i % 4)), answers=(words[i % 12],),
-             images=(tiny_image(i),) if vision else ())
-        for i in range(7)
-    ]
-    return [task.build_prompt(q, items[4:]) for q in items[:4]]
 
 
 @pytest.mark.parametrize("family", TINY_FAMILIES)

@@ -11,7 +11,8 @@ built fresh (seeded) so callers may mutate them.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -302,3 +303,33 @@ def save_tiny_model(family: str, directory: str | Path, seed: int = 0) -> Path:
     else:
         processor.save_pretrained(path)
     return path
+
+
+def group_prompts(family: str) -> list[Any]:
+    """Four many-shot prompts sharing three demonstrations (with images for vision families)."""
+    from stvcli.data.tasks import get_task
+    from stvcli.data.types import Item
+
+    vision = family in VISION_FAMILIES
+    task = get_task("vqa" if vision else "text")
+    words = "red green blue cat dog bird fish apple banana one two three".split()
+    items = [
+        Item(uid=str(i), question=" ".join(words[(i * j) % 12] for j in range(1, 2 + i % 4)), answers=(words[i % 12],),
+             images=(tiny_image(i),) if vision else ())
+        for i in range(7)
+    ]
+    return [task.build_prompt(q, items[4:]) for q in items[:4]]
+
+
+@contextmanager
+def recording_inputs(modules: Sequence[nn.Module]) -> Iterator[list[list[torch.Tensor]]]:
+    """Independent of ``stvcli.engine``: per module, the input of every forward call
+    (e.g. each layer's attention output projection: [B, T, H * D])."""
+    calls: list[list[torch.Tensor]] = [[] for _ in modules]
+    handles = [module.register_forward_pre_hook(lambda m, args, i=i: calls[i].append(args[0].detach().clone()))
+               for i, module in enumerate(modules)]
+    try:
+        yield calls
+    finally:
+        for handle in handles:
+            handle.remove()

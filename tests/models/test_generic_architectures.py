@@ -25,7 +25,7 @@ from stvcli.models import registry
 from stvcli.models.base import config_geometry, discover_projections, projection_input_width
 from stvcli.models.text import GenericAdapter
 from stvcli.prompt import Prompt
-from stvcli.testing.tiny import GENERIC_FAMILIES, build_tiny, save_tiny_model, tiny_adapter
+from stvcli.testing.tiny import GENERIC_FAMILIES, build_tiny, recording_inputs, save_tiny_model, tiny_adapter
 
 #: family -> (attention output projection of layer {i}, the MLP projection that must not be chosen)
 PATHS = {
@@ -68,18 +68,8 @@ def reference(adapter, family: str, layer: int) -> nn.Module:
 @contextmanager
 def recording(adapter, family: str) -> Iterator[list[list[torch.Tensor]]]:
     """Per layer, the input the attention output projection receives in each call: [B, T, H * D]."""
-    calls: list[list[torch.Tensor]] = [[] for _ in range(N_LAYERS)]
-    handles = [
-        reference(adapter, family, layer).register_forward_pre_hook(
-            lambda module, args, layer=layer: calls[layer].append(args[0].detach().clone())
-        )
-        for layer in range(N_LAYERS)
-    ]
-    try:
+    with recording_inputs([reference(adapter, family, layer) for layer in range(N_LAYERS)]) as calls:
         yield calls
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def forward(adapter, inputs) -> torch.Tensor:

@@ -14,6 +14,10 @@ generations often repeat ("came to came to ...") where ICL stops after "came".
         --out benchmarks/results/reward_answer_text.json
     .venv/bin/python benchmarks/reward_answer.py --reward complete --tasks past-tense french antonym capital plural \
         --out benchmarks/results/reward_complete_text.json
+    .venv/bin/python benchmarks/reward_answer.py --table --out benchmarks/results/reward_complete_text.json
+
+In the results, ``stv(answer)`` is STV searched with the run's ``--reward`` (answer or
+complete, as the file name says).
 """
 
 from __future__ import annotations
@@ -70,9 +74,31 @@ def run_task(name: str, sweep_root: Path, root: Path, sweep: dict, reward: str) 
     }
 
 
+def table(results: dict, sweep: dict) -> str:
+    """Accuracy % [95% CI] against 16-shot ICL, MTV, mean-at-stv and first-token STV (same items)."""
+    def cell(x: dict) -> str:
+        return f"{100 * x['accuracy']:.0f} [{100 * x['ci_low']:.0f}, {100 * x['ci_high']:.0f}]"
+
+    def diff(p: dict) -> str:
+        return f"{100 * p['difference']:+.1f} [{100 * p['ci_low']:+.1f}, {100 * p['ci_high']:+.1f}], p={p['p_value']:.2g}"
+
+    lines = ["| task | n | icl:16 | MTV (faithful) | mean-at-stv | STV chosen, first-token | STV chosen, this reward | "
+             "this - first-token | this - MTV | this / icl:16 |", "|" + "---|" * 10]
+    for name, row in results.items():
+        task = next(iter(sweep[name]["paper"]["results"]))
+        paper, chosen = sweep[name]["paper"]["results"][task], sweep[name]["chosen"]["results"][task]
+        icl = next(v for k, v in paper.items() if k.startswith("icl:") and k != "icl:4")
+        mine, paired = row["stv(answer)"], row["paired"]
+        lines.append(f"| {name} | {mine['n']} | {cell(icl)} | {cell(paper['mtv'])} | {cell(chosen['mean-at-stv'])} | "
+                     f"{cell(chosen['stv'])} | {cell(mine)} | {diff(paired['stv(answer) - stv(first-token)'])} | "
+                     f"{diff(paired['stv(answer) - mtv'])} | {mine['accuracy'] / icl['accuracy']:.2f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", nargs="+", required=True)
+    parser.add_argument("--tasks", nargs="+", default=[])
+    parser.add_argument("--table", action="store_true", help="print the table of --out and stop")
     parser.add_argument("--reward", choices=("answer", "complete"), default="answer")
     parser.add_argument("--sweep", type=Path, default=ROOT / "benchmarks" / "results" / "stv_vs_mtv_text.json")
     parser.add_argument("--sweep-root", type=Path, default=ROOT / "runs" / "stv_vs_mtv" / "text")
@@ -82,6 +108,9 @@ def main() -> None:
     root = args.root or ROOT / "runs" / f"reward_{args.reward}"
     sweep = json.loads(args.sweep.read_text())
     results = json.loads(args.out.read_text()) if args.out.exists() else {}
+    if args.table:
+        print(table(results, sweep))
+        return
     for name in args.tasks:
         if name in results or name not in sweep:
             continue

@@ -29,7 +29,7 @@ from stvcli.engine import Intervention, all_locations, applied, capturing
 from stvcli.prefix import capture_shared, shared_text_prefix
 from stvcli.prompt import Prompt
 from stvcli.scoring import answer_scores, forward_logits, generate, shared_answer_scores
-from stvcli.testing.tiny import TEXT_FAMILIES, TINY_FAMILIES, VISION_FAMILIES, group_prompts, tiny_adapter, tiny_image
+from stvcli.testing.tiny import TEXT_FAMILIES, TINY_FAMILIES, VISION_FAMILIES, group_prompts, per_row_scores, tiny_adapter, tiny_image
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 ACT_TOL = {"bf16": 0.04, "fp16": 0.006}
@@ -129,13 +129,7 @@ def test_shared_prefix_matches_fp32(family, dtype):
     n = 2
     locations = all_locations(reference.n_layers, reference.n_heads)
     candidates = Intervention(locations, realistic_vectors(reference, n), "replace")
-    first_ref, total_ref = [], []
-    for prompt, answer in zip(prompts, ANSWERS, strict=True):
-        for s in range(n):
-            scores = answer_scores(reference, [prompt], [answer], candidates.rows(slice(s, s + 1)))
-            first_ref.append(scores.first_token)
-            total_ref.append(scores.total)
-    first_ref, total_ref = torch.cat(first_ref), torch.cat(total_ref)
+    first_ref, total_ref = per_row_scores(reference, prompts, ANSWERS, candidates, n)
     shared = shared_answer_scores(half, prompts, ANSWERS, candidates, n, full_answer=True)
     assert shared is not None
     assert shared.first_token.dtype == shared.total.dtype == torch.float32

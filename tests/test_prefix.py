@@ -17,8 +17,8 @@ from stvcli.prefix import (
     straightforward,
 )
 from stvcli.prompt import Prompt
-from stvcli.scoring import answer_scores, shared_answer_scores
-from stvcli.testing.tiny import TINY_FAMILIES, VISION_FAMILIES, group_prompts, tiny_image
+from stvcli.scoring import shared_answer_scores
+from stvcli.testing.tiny import TINY_FAMILIES, VISION_FAMILIES, group_prompts, per_row_scores, tiny_image
 
 ATOL = 1e-4
 ANSWERS = [" red", " cold banana", " yes"]
@@ -32,16 +32,6 @@ def candidates(adapter, n: int, mode: str = "replace", seed: int = 0) -> Interve
     return Intervention(locations, vectors, mode, row_mask)
 
 
-def per_row_reference(adapter, prompts, answers, cands: Intervention, n: int):
-    first, total = [], []
-    for prompt, answer in zip(prompts, answers, strict=True):
-        for s in range(n):
-            scores = answer_scores(adapter, [prompt], [answer], cands.rows(slice(s, s + 1)))
-            first.append(scores.first_token)
-            total.append(scores.total)
-    return torch.cat(first), torch.cat(total)
-
-
 @pytest.mark.parametrize("family", TINY_FAMILIES)
 @pytest.mark.parametrize("mode", ["replace", "add"])
 def test_shared_scores_equal_full_forwards(family, mode, tiny, tiny_prompts):
@@ -49,7 +39,7 @@ def test_shared_scores_equal_full_forwards(family, mode, tiny, tiny_prompts):
     assert can_share_prefix(adapter), f"{family} should share prefixes (prefix_sharing)"
     prompts = tiny_prompts(family)
     cands = candidates(adapter, 3, mode)
-    first_ref, total_ref = per_row_reference(adapter, prompts, ANSWERS, cands, 3)
+    first_ref, total_ref = per_row_scores(adapter, prompts, ANSWERS, cands, 3)
     first_only = shared_answer_scores(adapter, prompts, ANSWERS, cands, 3)
     full = shared_answer_scores(adapter, prompts, ANSWERS, cands, 3, full_answer=True, batch_size=4)
     assert torch.allclose(first_only.first_token, first_ref, atol=ATOL)

@@ -333,3 +333,18 @@ def recording_inputs(modules: Sequence[nn.Module]) -> Iterator[list[list[torch.T
     finally:
         for handle in handles:
             handle.remove()
+
+
+def per_row_scores(adapter: ModelAdapter, prompts: Sequence[Any], answers: Sequence[str], candidates: Any,
+                   n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference scores one prompt and one candidate row at a time (``scoring.answer_scores``):
+    first-token and total log-likelihoods, [len(prompts) * n] each, prompt-major."""
+    from stvcli.scoring import answer_scores
+
+    first, total = [], []
+    for prompt, answer in zip(prompts, answers, strict=True):
+        for s in range(n):
+            scores = answer_scores(adapter, [prompt], [answer], candidates.rows(slice(s, s + 1)))
+            first.append(scores.first_token)
+            total.append(scores.total)
+    return torch.cat(first), torch.cat(total)

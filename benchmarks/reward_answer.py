@@ -16,8 +16,17 @@ generations often repeat ("came to came to ...") where ICL stops after "came".
         --out benchmarks/results/reward_complete_text.json
     .venv/bin/python benchmarks/reward_answer.py --table --out benchmarks/results/reward_complete_text.json
 
-In the results, ``stv(answer)`` is STV searched with the run's ``--reward`` (answer or
-complete, as the file name says).
+``--reward auto``: what ``search --auto`` does now: one search per reward in
+``--auto-rewards`` (first-token and complete), the pick whose generations answer most
+held-out support queries kept (docs/method.md §4.8).
+
+    .venv/bin/python benchmarks/reward_answer.py --reward auto --out benchmarks/results/auto_reward_text.json \
+        --tasks antonym capital comparative continent digits-to-words first-letter french gerund past-tense plural successor
+    .venv/bin/python benchmarks/reward_answer.py --reward auto --sweep benchmarks/results/stv_vs_mtv_shapes.json \
+        --sweep-root runs/stv_vs_mtv/shapes --out benchmarks/results/auto_reward_shapes.json --tasks shapes-color ...
+
+In the results, ``stv(answer)`` is STV searched with the run's ``--reward`` (answer,
+complete or auto, as the file name says).
 """
 
 from __future__ import annotations
@@ -54,7 +63,8 @@ def run_task(name: str, sweep_root: Path, root: Path, sweep: dict, reward: str) 
     started = time.perf_counter()
     run_search(SearchConfig(workspace=workspace, iterations=sizes["iterations"], samples=sizes["samples"],
                             queries_per_iteration=sizes["queries_per_iteration"], seed=sweep["meta"]["seed"],
-                            auto=True, reward=reward, quiet=True))
+                            auto=True, auto_rewards=["first-token", "complete"] if reward == "auto" else [reward],
+                            quiet=True))
     report = run_eval(EvalConfig(workspace=workspace, methods=["stv"], log_samples=True, seed=sweep["meta"]["seed"],
                                  quiet=True))
     answer = scores(workspace / f"samples_{task}.jsonl", "stv")
@@ -69,6 +79,9 @@ def run_task(name: str, sweep_root: Path, root: Path, sweep: dict, reward: str) 
         "paired": {f"stv(answer) - {k}": paired_difference([answer[i] for i in ids], [v[i] for i in ids])
                    for k, v in others.items() if set(v) == set(ids)},
         "insert": vectors.get("auto", {}).get("insert"),
+        "reward": vectors.get("auto", {}).get("reward", reward),
+        "holdout_accuracy": vectors.get("auto", {}).get("holdout_accuracy"),
+        "search_forwards": vectors.get("stats", {}).get("forwards"),
         "diagnostics": vectors.get("diagnostics"),
         "seconds": round(time.perf_counter() - started, 1),
     }
@@ -99,7 +112,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", default=[])
     parser.add_argument("--table", action="store_true", help="print the table of --out and stop")
-    parser.add_argument("--reward", choices=("answer", "complete"), default="answer")
+    parser.add_argument("--reward", choices=("answer", "complete", "auto"), default="answer")
     parser.add_argument("--sweep", type=Path, default=ROOT / "benchmarks" / "results" / "stv_vs_mtv_text.json")
     parser.add_argument("--sweep-root", type=Path, default=ROOT / "runs" / "stv_vs_mtv" / "text")
     parser.add_argument("--root", type=Path, default=None, help="default: runs/reward_<reward>")

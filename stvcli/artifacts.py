@@ -47,6 +47,9 @@ KINDS: dict[str, Kind] = {
     "bank": Kind({"bank": 3, "counts": 2, "locations": 2}, "bank.safetensors", "bank", "stv bank"),
     "vectors": Kind({"vectors": 2, "locations": 2, "logits": 2}, "vectors.safetensors", "search", "stv search"),
     "search-state": Kind({"logits": 2}, "search-state.safetensors", "search"),
+    # search --auto runs one search per reward, each with its own checkpoint
+    **{f"search-state-{reward}": Kind({"logits": 2}, f"search-state-{reward}.safetensors", "search")
+       for reward in ("first-token", "answer", "complete")},
     "mtv": Kind({"means": 3, "locations": 2, "logits": 2}, "mtv.safetensors", "mtv", "stv eval --methods mtv"),
     "mtv-state": Kind({"logits": 2}, "mtv-state.safetensors", "mtv"),
     "mtv-add": Kind({"means": 3, "locations": 2, "logits": 2}, "mtv-add.safetensors", "mtv-add",

@@ -345,7 +345,8 @@ def search_command(
     mean_choice: Annotated[bool, typer.Option("--mean-choice/--no-mean-choice", help="Offer each location's mean vector as a choice; the policy starts there (--mean-prior) and its pick is checked against it.")] = False,
     keep_choice: Annotated[bool, typer.Option("--keep-choice/--no-keep-choice", help="Offer 'keep' (no edit) at each location, so the search can switch heads off.")] = False,
     mean_prior: Annotated[float, typer.Option("--mean-prior", help="Starting probability of the mean choice.")] = 0.5,
-    auto: Annotated[bool, typer.Option("--auto", help="Choose the insertion on held-out support items and search with the mean and keep choices (recorded in the artifact).")] = False,
+    auto: Annotated[bool, typer.Option("--auto", help="Choose the insertion on held-out support items, search with the mean and keep choices once per --auto-rewards reward, keep the pick that answers most held-out items (recorded in the artifact).")] = False,
+    auto_rewards: Annotated[str, typer.Option("--auto-rewards", help="With --auto: the rewards to search with, comma-separated; the pick whose generations score best on the hold-out wins.")] = "first-token,complete",
     seed: int = 0,
     batch_size: BatchOpt = "auto",
     force: ForceOpt = False,
@@ -359,7 +360,8 @@ def search_command(
     result = run_search(SearchConfig(
         workspace=workspace, iterations=iterations, samples=samples, lr=lr,
         queries_per_iteration=queries_per_iteration, reward=reward, insert=insert, select=select, holdout=holdout,
-        mean_choice=mean_choice, keep_choice=keep_choice, mean_prior=mean_prior, auto=auto, seed=seed,
+        mean_choice=mean_choice, keep_choice=keep_choice, mean_prior=mean_prior, auto=auto,
+        auto_rewards=[r.strip() for r in auto_rewards.split(",") if r.strip()], seed=seed,
         batch_size=parse_batch_size(batch_size), force=force, quiet=quiet))
     emit({"stage": "search", "reused": result.reused, "final_reward": result.rewards[-1] if result.rewards else None,
           "stats": result.stats, "artifact": str(workspace / "vectors.safetensors")}, as_json)

@@ -102,9 +102,12 @@ class SearchConfig(StageOptions):
     mean_choice: bool = False
     keep_choice: bool = False
     mean_prior: float = Field(default=0.5, gt=0, lt=1)
-    # Pick the insertion (add or replace) by the hold-out reward of the mean vectors and
-    # search with the mean and keep choices, best-of selection (docs/method.md §4.8).
+    # Pick the insertion (add or replace) by the hold-out reward of the mean vectors,
+    # search with the mean and keep choices and best-of selection once per reward in
+    # auto_rewards, and keep the search whose pick generates the most correct answers
+    # on the hold-out (docs/method.md §4.8).
     auto: bool = False
+    auto_rewards: list[Literal["first-token", "answer", "complete"]] = ["first-token", "complete"]
     checkpoint_every: Positive = 25
     seed: Seed = 0
 
@@ -114,6 +117,8 @@ class SearchConfig(StageOptions):
             raise ValueError("--samples must be at least 2 (the advantage compares samples)")
         if self.holdout < 1 and (self.select == "best-of" or self.auto):
             raise ValueError("--holdout must be at least 1 with --select best-of or --auto")
+        if not self.auto_rewards or len(set(self.auto_rewards)) != len(self.auto_rewards):
+            raise ValueError("--auto-rewards must name each reward at most once, e.g. first-token,complete")
         return self
 
 

@@ -28,8 +28,8 @@ from stvcli.engine import Intervention
 from stvcli.errors import StvError
 from stvcli.metrics import paired_difference, summarize
 from stvcli.models.base import ModelAdapter
-from stvcli.scoring import generate
-from stvcli.stages.common import Meter, check_inputs, get_adapter, run_batched
+from stvcli.stages.accuracy import generate_and_score
+from stvcli.stages.common import Meter, check_inputs, get_adapter
 from stvcli.stages.config import EvalConfig
 from stvcli.stages.methods import Method, MethodContext, build_intervention, parse_methods, workspace_methods
 from stvcli.vectors import TaskVectors
@@ -66,22 +66,15 @@ def evaluate_method(
         check_icl_fits(token_counter(adapter), task, task_data.support, method.shots, adapter.context_length,
                        config.seed, label=method.name)
     meter = Meter()
-
-    def run(chunk):
-        with meter.forward(len(chunk)):
-            return generate(adapter, chunk, task.max_new_tokens, intervention, task.answer_final)
-
     with progress(config.quiet) as bar:
         job = bar.add_task(f"eval {method.name}", total=len(prompts))
-        generations = run_batched(run, prompts, config.batch_size, lambda n: bar.advance(job, n))
-    samples, scores = [], []
-    for item, generation in zip(items, generations, strict=True):
-        prediction = task.extract(generation)
-        score = float(task.score(prediction, item))
-        scores.append(score)
-        samples.append({"id": item.uid, "method": method.name, "prediction": prediction, "generation": generation,
-                        "target": list(item.answers) if len(item.answers) > 1 else item.answer, "score": score})
-    return MethodResult(method.name, summarize(scores), samples, meter.summary())
+        generated = generate_and_score(adapter, task, items, prompts, intervention, meter, config.batch_size,
+                                       lambda n: bar.advance(job, n))
+    samples = [{"id": item.uid, "method": method.name, "prediction": prediction, "generation": generation,
+                "target": list(item.answers) if len(item.answers) > 1 else item.answer, "score": score}
+               for item, generation, prediction, score in zip(items, generated.generations, generated.predictions,
+                                                              generated.scores, strict=True)]
+    return MethodResult(method.name, summarize(generated.scores), samples, meter.summary())
 
 
 def resolve_inputs(config: EvalConfig) -> tuple[ModelOptions, DataOptions, Artifact | None]:

@@ -25,6 +25,7 @@ from stvcli.console import say
 from stvcli.data.loading import load_task_data
 from stvcli.data.options import DataOptions
 from stvcli.engine import InsertMode, Intervention
+from stvcli.stages.accuracy import generate_and_score
 from stvcli.stages.common import Meter, check_inputs, get_adapter
 from stvcli.stages.config import SearchConfig
 from stvcli.stages.reinforce import (
@@ -106,6 +107,20 @@ class Choices:
         mask = None if self.keep_index is None else choices != self.keep_index
         return make_intervention(locations, gather_vectors(self.vectors, choices), baseline, insert, row_mask=mask)
 
+    def written(self, final: torch.Tensor) -> torch.Tensor:
+        """Which locations a final pick [K] edits: [K] bool (every one that does not keep)."""
+        return final != self.keep_index if self.keep_index is not None else torch.ones_like(final, dtype=torch.bool)
+
+    def final_intervention(self, locations: torch.Tensor, baseline: torch.Tensor, final: torch.Tensor,
+                           insert: InsertMode) -> Intervention | None:
+        """What eval writes for a final pick [K]: its vectors at the locations it edits
+        (None when it keeps every location)."""
+        written = self.written(final)
+        if not written.any():
+            return None
+        return make_intervention(locations[written], gather_vectors(self.vectors, final[None])[0][written],
+                                 baseline[written], insert)
+
     def everywhere(self, index: int | None) -> torch.Tensor | None:
         """The draw [K] choosing ``index`` at every location (None when not offered)."""
         return None if index is None else torch.full((self.vectors.shape[0],), index, dtype=torch.long)
@@ -139,25 +154,39 @@ def run_search(config: SearchConfig) -> SearchResult:
 
     meter = Meter()
     auto = None
+    rewards = [config.reward]
     if config.auto:
         auto = _auto_options(adapter, task_data.task, bank_artifact, holdout or train[: config.holdout], config, meter)
         config = config.model_copy(update={"insert": auto["insert"], "mean_choice": True, "keep_choice": True,
                                            "select": "best-of"})
+        rewards = list(config.auto_rewards)
     choices = Choices.from_bank(bank_artifact["bank"], bank_artifact["counts"], config)
-    score = CandidateScorer(adapter, task_data.task,
-                            lambda draws: choices.intervention(locations, baseline, draws, config.insert),
-                            config.reward, meter, config.batch_size)
-    policy = CategoricalPolicy(choices.logits)
     provenance = Provenance.of(bank_artifact)
-    history = reinforce(
-        policy, score, train, iterations=config.iterations, samples=config.samples,
-        queries_per_iteration=config.queries_per_iteration, lr=config.lr, seed=config.seed, label="search",
-        checkpoint=Checkpoint(workspace, "search-state", settings, provenance, config.checkpoint_every, meter),
-        quiet=config.quiet,
-    )
-    final = select_final(policy, choices, holdout, score, config)
+    searches = []
+    for reward in rewards:
+        score = CandidateScorer(adapter, task_data.task,
+                                lambda draws: choices.intervention(locations, baseline, draws, config.insert),
+                                reward, meter, config.batch_size)
+        policy = CategoricalPolicy(choices.logits)
+        several = len(rewards) > 1
+        history = reinforce(
+            policy, score, train, iterations=config.iterations, samples=config.samples,
+            queries_per_iteration=config.queries_per_iteration, lr=config.lr, seed=config.seed,
+            label=f"search ({reward})" if several else "search",
+            checkpoint=Checkpoint(workspace, f"search-state-{reward}" if several else "search-state",
+                                  {**settings, "reward": reward}, provenance, config.checkpoint_every, meter),
+            quiet=config.quiet,
+        )
+        searches.append(Searched(reward, policy, score, history, select_final(policy, choices, holdout, score, config)))
+    searched = searches[0]
+    if len(searches) > 1:
+        judged = judge_searches(adapter, task_data.task, searches, choices, locations, baseline, holdout, config, meter)
+        auto.update(judged)
+        searched = next(s for s in searches if s.reward == judged["reward"])
+        say(f"search: --auto kept the {searched.reward} reward's pick: {judged['reward_why']}", config.quiet)
+    policy, score, history, final = searched.policy, searched.score, searched.history, searched.final
     diagnostics = diagnose(choices, final, holdout or train[: config.holdout], score, config, history, locations)
-    written = final != choices.keep_index if choices.keep_index is not None else torch.ones_like(final, dtype=torch.bool)
+    written = choices.written(final)
     vectors = gather_vectors(choices.vectors, final[None])[0][written]
     logits = policy.logits.detach()
     stats = dist.merge_stats(dist.all_gather_object(meter.summary()))
@@ -174,12 +203,55 @@ def run_search(config: SearchConfig) -> SearchResult:
                    "choice_indices": {"mean": choices.mean_index, "keep": choices.keep_index},
                    "insert": config.insert, **({"auto": auto} if auto else {})},
         )
-        workspace.discard("search-state")
+        for kind in ("search-state", *(f"search-state-{reward}" for reward in rewards)):
+            workspace.discard(kind)
         kept = f", {int((~written).sum())} of {len(final)} locations kept as they are" if choices.keep_index is not None else ""
         say(f"search: {config.iterations} iterations x {config.samples} samples{kept} -> {workspace.path('vectors')}",
             config.quiet)
     dist.barrier()  # the artifact exists before any rank moves on
     return result
+
+
+@dataclass
+class Searched:
+    """One finished search: its reward, policy, scorer, history and final pick [K]."""
+
+    reward: str
+    policy: CategoricalPolicy
+    score: CandidateScorer
+    history: History
+    final: torch.Tensor
+
+
+def judge_searches(adapter, task, searches: list[Searched], choices: Choices, locations: torch.Tensor,
+                   baseline: torch.Tensor, holdout: list, config: SearchConfig, meter: Meter) -> dict[str, Any]:
+    """``--auto`` with several rewards: each search's pick generates answers to the
+    hold-out queries, scored by the task's metric; the best mean wins, ties going to
+    the earlier reward in ``--auto-rewards``. A reward can only be judged by what eval
+    measures: the first-token reward cannot see an answer that does not stop."""
+    accuracy = {}
+    for searched in searches:
+        intervention = choices.final_intervention(locations, baseline, searched.final, config.insert)
+        accuracy[searched.reward] = holdout_accuracy(adapter, task, holdout, intervention, meter, config.batch_size)
+    best = max(accuracy, key=lambda reward: (accuracy[reward], -list(accuracy).index(reward)))
+    others = ", ".join(f"{reward} {value:.1%}" for reward, value in accuracy.items() if reward != best)
+    return {"reward": best, "tried": list(accuracy), "holdout_accuracy": accuracy,
+            "reward_why": f"its pick answers {accuracy[best]:.1%} of {len(holdout)} held-out support queries "
+                          f"({others})",
+            "searches": {s.reward: {"rewards": s.history.rewards, "choices": s.final.tolist()} for s in searches}}
+
+
+def holdout_accuracy(adapter, task, queries: list, intervention: Intervention | None, meter: Meter,
+                     batch_size: int | None) -> float:
+    """Mean task score of greedy generations for zero-shot ``queries`` with ``intervention``
+    written (None: the bare model); ranks share the queries."""
+    def scores(start: int, stop: int) -> torch.Tensor:
+        part = queries[start:stop]
+        generated = generate_and_score(adapter, task, part, [task.build_prompt(q) for q in part], intervention,
+                                       meter, batch_size)
+        return torch.tensor(generated.scores, dtype=torch.float64)
+
+    return float(dist.gather_shares(len(queries), scores).mean())
 
 
 def _auto_options(adapter, task, bank_artifact, queries: list, config: SearchConfig, meter: Meter) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import torch
 from stvcli.artifacts import load_artifact
 from stvcli.data.loading import load_task_data
 from stvcli.errors import StvError
+from stvcli.stages import accuracy as accuracy_module
 from stvcli.stages import evaluate as evaluate_module
 from stvcli.stages.bank import cluster_locations, run_bank
 from stvcli.stages.common import get_adapter
@@ -162,13 +163,13 @@ def test_eval_applies_exactly_the_vectors_it_read(bed, workspace, scanned, monke
     run_search(SearchConfig(workspace=workspace, iterations=2, samples=4, quiet=True))
     vectors = load_artifact(Workspace(workspace).path("vectors"), "vectors")
     seen = {}
-    original = evaluate_module.generate
+    original = accuracy_module.generate
 
     def spy(adapter, prompts, max_new_tokens, intervention=None, final=None):
         seen.setdefault("interventions", []).append(intervention)
         return original(adapter, prompts, max_new_tokens, intervention, final)
 
-    monkeypatch.setattr(evaluate_module, "generate", spy)
+    monkeypatch.setattr(accuracy_module, "generate", spy)
     report = evaluate_module.run_eval(EvalConfig(workspace=workspace, methods=["zero-shot", "stv"], limit=4,
                                                  quiet=True, batch_size=4))
     zero, stv = seen["interventions"]
@@ -241,13 +242,13 @@ def test_mtv_inserts_by_replacement_whatever_stv_uses(bed, workspace, scanned, m
     run_bank(BankConfig(workspace=workspace, clusters=4, contexts=8, quiet=True))
     run_search(SearchConfig(workspace=workspace, iterations=1, samples=2, insert="add", quiet=True))
     seen = []
-    original = evaluate_module.generate
+    original = accuracy_module.generate
 
     def spy(adapter, prompts, max_new_tokens, intervention=None, final=None):
         seen.append(intervention)
         return original(adapter, prompts, max_new_tokens, intervention, final)
 
-    monkeypatch.setattr(evaluate_module, "generate", spy)
+    monkeypatch.setattr(accuracy_module, "generate", spy)
     report = evaluate_module.run_eval(EvalConfig(
         workspace=workspace, methods=["stv", "mtv", "mtv-add"], insert="add", limit=2, quiet=True, batch_size=2,
         mtv=MTVConfig(iterations=1, samples=2, holdout=2, best_of=2)))
@@ -317,6 +318,59 @@ def test_auto_scan_and_search_choose_on_support_data_and_say_why(bed, workspace)
     from stvcli.vectors import TaskVectors
 
     assert TaskVectors.load(Workspace(workspace).path("vectors")).mode == vectors["auto"]["insert"]
+
+
+def test_auto_search_keeps_the_reward_whose_pick_answers_most_holdout_queries(bed, workspace, scanned):
+    from stvcli.scoring import generate
+    from stvcli.vectors import TaskVectors
+
+    run_bank(BankConfig(workspace=workspace, clusters=4, contexts=8, quiet=True))
+    run_search(SearchConfig(workspace=workspace, iterations=2, samples=4, holdout=4, auto=True, quiet=True))
+    space = Workspace(workspace)
+    artifact = space.load("vectors")
+    auto = artifact.meta["extra"]["auto"]
+    accuracy = auto["holdout_accuracy"]
+    assert auto["tried"] == ["first-token", "complete"] and set(auto["searches"]) == set(accuracy) == set(auto["tried"])
+    best = max(accuracy.values())
+    assert auto["reward"] == next(reward for reward in auto["tried"] if accuracy[reward] == best)  # ties: the earlier
+    assert artifact["searched_choices"].tolist() == auto["searches"][auto["reward"]]["choices"]
+    assert artifact.meta["extra"]["rewards"] == auto["searches"][auto["reward"]]["rewards"]
+    # the kept pick's hold-out accuracy, recomputed the way eval would score it
+    data = load_task_data(bed["data"])
+    by_uid = {item.uid: item for item in data.support}
+    holdout = [by_uid[uid] for uid in artifact.meta["extra"]["queries"]["holdout_uids"]]
+    vectors = TaskVectors.load(space.path("vectors"))
+    adapter = get_adapter(bed["model"])
+    generations = generate(adapter, [data.task.build_prompt(q) for q in holdout], data.task.max_new_tokens,
+                           vectors.intervention(), data.task.answer_final)
+    scores = [float(data.task.score(data.task.extract(g), q)) for g, q in zip(generations, holdout)]
+    assert accuracy[auto["reward"]] == pytest.approx(sum(scores) / len(scores))
+    assert not [p.name for p in workspace.iterdir() if p.name.startswith("search-state")]
+
+
+def test_judge_searches_keeps_the_best_generating_pick_and_ties_go_to_the_earlier_reward(monkeypatch):
+    from stvcli.stages import search as search_module
+    from stvcli.stages.reinforce import History
+
+    bank, counts = torch.randn(2, 3, 4), torch.ones(2, 3, dtype=torch.long)
+    choices = search_module.Choices.from_bank(bank, counts, SearchConfig(workspace="w", keep_choice=True))
+    searches = [search_module.Searched(reward, None, None, History(), torch.tensor(final))
+                for reward, final in (("first-token", [0, 1]), ("complete", [3, 3]))]
+    for values, kept in (([0.5, 0.5], "first-token"), ([0.25, 0.5], "complete"), ([0.75, 0.5], "first-token")):
+        seen = []
+
+        def accuracy(adapter, task, queries, intervention, meter, batch_size, values=values):
+            seen.append(intervention)
+            return values[len(seen) - 1]
+
+        monkeypatch.setattr(search_module, "holdout_accuracy", accuracy)
+        judged = search_module.judge_searches(None, None, searches, choices, torch.tensor([[0, 0], [1, 1]]),
+                                              torch.zeros(2, 4), ["q"] * 4, SearchConfig(workspace="w"), None)
+        assert judged["reward"] == kept and judged["holdout_accuracy"] == dict(zip(("first-token", "complete"), values))
+        assert "of 4 held-out support queries" in judged["reward_why"]
+    first, second = seen  # the intervention each pick writes: its vectors where it does not keep
+    assert torch.equal(first.vectors, bank[[0, 1], [0, 1]]) and second is None  # index 3 is keep everywhere
+    assert torch.equal(first.locations, torch.tensor([[0, 0], [1, 1]]))
 
 
 def test_causal_scores_are_single_head_reward_gains(bed, workspace, scanned):

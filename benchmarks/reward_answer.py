@@ -17,8 +17,8 @@ generations often repeat ("came to came to ...") where ICL stops after "came".
     .venv/bin/python benchmarks/reward_answer.py --table --out benchmarks/results/reward_complete_text.json
 
 ``--reward auto``: what ``search --auto`` does now: one search per reward in
-``--auto-rewards`` (first-token and complete), the pick whose generations answer most
-held-out support queries kept (docs/method.md §4.8).
+``--auto-rewards`` (first-token and complete); of their picks and the mean start, the
+one whose generations answer most held-out support queries is kept (docs/method.md §4.8).
 
     .venv/bin/python benchmarks/reward_answer.py --reward auto --out benchmarks/results/auto_reward_text.json \
         --tasks antonym capital comparative continent digits-to-words first-letter french gerund past-tense plural successor
@@ -79,8 +79,8 @@ def run_task(name: str, sweep_root: Path, root: Path, sweep: dict, reward: str) 
         "paired": {f"stv(answer) - {k}": paired_difference([answer[i] for i in ids], [v[i] for i in ids])
                    for k, v in others.items() if set(v) == set(ids)},
         "insert": vectors.get("auto", {}).get("insert"),
-        "reward": vectors.get("auto", {}).get("reward", reward),
-        "holdout_accuracy": vectors.get("auto", {}).get("holdout_accuracy"),
+        "kept": vectors.get("auto", {}).get("judged", {}).get("kept"),
+        "holdout_accuracy": vectors.get("auto", {}).get("judged", {}).get("holdout_accuracy"),
         "search_forwards": vectors.get("stats", {}).get("forwards"),
         "diagnostics": vectors.get("diagnostics"),
         "seconds": round(time.perf_counter() - started, 1),

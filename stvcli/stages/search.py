@@ -7,8 +7,10 @@ and S samples (one choice per location), runs every query with every sample's ve
 inserted, and rewards each sample with minus the cross-entropy of the first answer
 token (or the answer's log-likelihood). Final vectors: the per-location argmax of
 theta, or the best of N draws, on a held-out support slice; with the mean choice the
-final pick is never worse there than the policy's start (the mean everywhere). The
-search checkpoints its state and resumes from it when rerun.
+final pick is never worse there than the policy's start (the mean everywhere). With
+``--auto`` one search runs per reward and the pick whose generations answer most
+hold-out queries (or the mean start, if it answers more) is kept (``judge_searches``). The search checkpoints its state and
+resumes from it when rerun.
 """
 
 from __future__ import annotations
@@ -178,13 +180,14 @@ def run_search(config: SearchConfig) -> SearchResult:
             quiet=config.quiet,
         )
         searches.append(Searched(reward, policy, score, history, select_final(policy, choices, holdout, score, config)))
-    searched = searches[0]
-    if len(searches) > 1:
+    searched, final = searches[0], searches[0].final
+    if config.auto:
         judged = judge_searches(adapter, task_data.task, searches, choices, locations, baseline, holdout, config, meter)
-        auto.update(judged)
-        searched = next(s for s in searches if s.reward == judged["reward"])
-        say(f"search: --auto kept the {searched.reward} reward's pick: {judged['reward_why']}", config.quiet)
-    policy, score, history, final = searched.policy, searched.score, searched.history, searched.final
+        auto["judged"] = judged
+        searched = next((s for s in searches if s.reward == judged["kept"]), searched)  # the mean: the first's history
+        final = torch.tensor(judged["final"])
+        say(f"search: --auto kept {judged['why']}", config.quiet)
+    policy, score, history = searched.policy, searched.score, searched.history
     diagnostics = diagnose(choices, final, holdout or train[: config.holdout], score, config, history, locations)
     written = choices.written(final)
     vectors = gather_vectors(choices.vectors, final[None])[0][written]
@@ -225,19 +228,24 @@ class Searched:
 
 def judge_searches(adapter, task, searches: list[Searched], choices: Choices, locations: torch.Tensor,
                    baseline: torch.Tensor, holdout: list, config: SearchConfig, meter: Meter) -> dict[str, Any]:
-    """``--auto`` with several rewards: each search's pick generates answers to the
-    hold-out queries, scored by the task's metric; the best mean wins, ties going to
-    the earlier reward in ``--auto-rewards``. A reward can only be judged by what eval
-    measures: the first-token reward cannot see an answer that does not stop."""
-    accuracy = {}
-    for searched in searches:
-        intervention = choices.final_intervention(locations, baseline, searched.final, config.insert)
-        accuracy[searched.reward] = holdout_accuracy(adapter, task, holdout, intervention, meter, config.batch_size)
-    best = max(accuracy, key=lambda reward: (accuracy[reward], -list(accuracy).index(reward)))
-    others = ", ".join(f"{reward} {value:.1%}" for reward, value in accuracy.items() if reward != best)
-    return {"reward": best, "tried": list(accuracy), "holdout_accuracy": accuracy,
-            "reward_why": f"its pick answers {accuracy[best]:.1%} of {len(holdout)} held-out support queries "
-                          f"({others})",
+    """``--auto``: each search's final pick, and the mean vector everywhere (the searches'
+    common start), generate answers to the hold-out queries, scored by the task's
+    metric; the best mean score wins, ties going to the earlier candidate (the rewards
+    in ``--auto-rewards`` order, then the mean). Picks are judged by what eval measures
+    because no reward can: the first-token reward cannot see an answer that does not
+    stop, and a pick can beat the mean on its reward yet answer fewer queries."""
+    picks = {searched.reward: searched.final for searched in searches}
+    start = choices.everywhere(choices.mean_index)
+    if start is not None:
+        picks["mean"] = start
+    accuracy = {name: holdout_accuracy(adapter, task, holdout,
+                                       choices.final_intervention(locations, baseline, pick, config.insert),
+                                       meter, config.batch_size)
+                for name, pick in picks.items()}
+    best = max(accuracy, key=lambda name: (accuracy[name], -list(accuracy).index(name)))
+    others = ", ".join(f"{name} {value:.1%}" for name, value in accuracy.items() if name != best)
+    return {"kept": best, "final": picks[best].tolist(), "tried": list(accuracy), "holdout_accuracy": accuracy,
+            "why": f"{best} answers {accuracy[best]:.1%} of {len(holdout)} held-out support queries ({others})",
             "searches": {s.reward: {"rewards": s.history.rewards, "choices": s.final.tolist()} for s in searches}}
 
 

@@ -328,13 +328,17 @@ def test_auto_search_keeps_the_reward_whose_pick_answers_most_holdout_queries(be
     run_search(SearchConfig(workspace=workspace, iterations=2, samples=4, holdout=4, auto=True, quiet=True))
     space = Workspace(workspace)
     artifact = space.load("vectors")
-    auto = artifact.meta["extra"]["auto"]
-    accuracy = auto["holdout_accuracy"]
-    assert auto["tried"] == ["first-token", "complete"] and set(auto["searches"]) == set(accuracy) == set(auto["tried"])
+    judged = artifact.meta["extra"]["auto"]["judged"]
+    accuracy = judged["holdout_accuracy"]
+    assert judged["tried"] == ["first-token", "complete", "mean"] and set(accuracy) == set(judged["tried"])
     best = max(accuracy.values())
-    assert auto["reward"] == next(reward for reward in auto["tried"] if accuracy[reward] == best)  # ties: the earlier
-    assert artifact["searched_choices"].tolist() == auto["searches"][auto["reward"]]["choices"]
-    assert artifact.meta["extra"]["rewards"] == auto["searches"][auto["reward"]]["rewards"]
+    assert judged["kept"] == next(name for name in judged["tried"] if accuracy[name] == best)  # ties: the earlier
+    assert artifact["searched_choices"].tolist() == judged["final"]
+    if judged["kept"] == "mean":
+        assert set(judged["final"]) == {artifact.meta["extra"]["choice_indices"]["mean"]}
+    else:
+        assert judged["final"] == judged["searches"][judged["kept"]]["choices"]
+        assert artifact.meta["extra"]["rewards"] == judged["searches"][judged["kept"]]["rewards"]
     # the kept pick's hold-out accuracy, recomputed the way eval would score it
     data = load_task_data(bed["data"])
     by_uid = {item.uid: item for item in data.support}
@@ -344,19 +348,22 @@ def test_auto_search_keeps_the_reward_whose_pick_answers_most_holdout_queries(be
     generations = generate(adapter, [data.task.build_prompt(q) for q in holdout], data.task.max_new_tokens,
                            vectors.intervention(), data.task.answer_final)
     scores = [float(data.task.score(data.task.extract(g), q)) for g, q in zip(generations, holdout)]
-    assert accuracy[auto["reward"]] == pytest.approx(sum(scores) / len(scores))
+    assert accuracy[judged["kept"]] == pytest.approx(sum(scores) / len(scores))
     assert not [p.name for p in workspace.iterdir() if p.name.startswith("search-state")]
 
 
-def test_judge_searches_keeps_the_best_generating_pick_and_ties_go_to_the_earlier_reward(monkeypatch):
+def test_judge_searches_keeps_the_best_generating_pick_and_ties_go_to_the_earlier_candidate(monkeypatch):
     from stvcli.stages import search as search_module
     from stvcli.stages.reinforce import History
 
-    bank, counts = torch.randn(2, 3, 4), torch.ones(2, 3, dtype=torch.long)
-    choices = search_module.Choices.from_bank(bank, counts, SearchConfig(workspace="w", keep_choice=True))
+    bank, counts = torch.randn(2, 3, 4), torch.tensor([[1, 2, 0], [1, 1, 1]])
+    config = SearchConfig(workspace="w", keep_choice=True, mean_choice=True)
+    choices = search_module.Choices.from_bank(bank, counts, config)  # clusters 0-2, mean 3, keep 4
     searches = [search_module.Searched(reward, None, None, History(), torch.tensor(final))
-                for reward, final in (("first-token", [0, 1]), ("complete", [3, 3]))]
-    for values, kept in (([0.5, 0.5], "first-token"), ([0.25, 0.5], "complete"), ([0.75, 0.5], "first-token")):
+                for reward, final in (("first-token", [0, 1]), ("complete", [4, 4]))]
+    names = ("first-token", "complete", "mean")
+    for values, kept in (([0.5, 0.5, 0.5], "first-token"), ([0.25, 0.5, 0.5], "complete"),
+                         ([0.75, 0.5, 0.8], "mean")):
         seen = []
 
         def accuracy(adapter, task, queries, intervention, meter, batch_size, values=values):
@@ -365,11 +372,13 @@ def test_judge_searches_keeps_the_best_generating_pick_and_ties_go_to_the_earlie
 
         monkeypatch.setattr(search_module, "holdout_accuracy", accuracy)
         judged = search_module.judge_searches(None, None, searches, choices, torch.tensor([[0, 0], [1, 1]]),
-                                              torch.zeros(2, 4), ["q"] * 4, SearchConfig(workspace="w"), None)
-        assert judged["reward"] == kept and judged["holdout_accuracy"] == dict(zip(("first-token", "complete"), values))
-        assert "of 4 held-out support queries" in judged["reward_why"]
-    first, second = seen  # the intervention each pick writes: its vectors where it does not keep
-    assert torch.equal(first.vectors, bank[[0, 1], [0, 1]]) and second is None  # index 3 is keep everywhere
+                                              torch.zeros(2, 4), ["q"] * 4, config, None)
+        assert judged["kept"] == kept and judged["holdout_accuracy"] == dict(zip(names, values))
+        assert judged["final"] == {"first-token": [0, 1], "complete": [4, 4], "mean": [3, 3]}[kept]
+        assert "of 4 held-out support queries" in judged["why"]
+    first, keep_all, mean = seen  # what each pick writes: its vectors where it does not keep
+    assert torch.equal(first.vectors, bank[[0, 1], [0, 1]]) and keep_all is None
+    assert torch.allclose(mean.vectors, torch.stack([(bank[0, 0] + 2 * bank[0, 1]) / 3, bank[1].mean(0)]))
     assert torch.equal(first.locations, torch.tensor([[0, 0], [1, 1]]))
 
 

@@ -523,6 +523,7 @@ def demo_command(
     mtv_iterations: Annotated[
         int | None, typer.Option("--mtv-iterations", min=1, help="MTV REINFORCE iterations (demo: 100; paper: 600).")
     ] = None,
+    build_seed: Annotated[int, typer.Option("--build-seed", help="Train the shapes model with this seed (another build, cached apart; 0: the default build).")] = 0,
     force: ForceOpt = False,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
@@ -534,7 +535,7 @@ def demo_command(
     chosen = {"task": task, "backbone": backbone, "sensitivity": sensitivity, "insert": insert}
     overrides = {k: v for k, v in chosen.items() if v}
     report = run_demo(DemoConfig(workspace=workspace, quick=quick, force=force, quiet=quiet,
-                                 mtv_iterations=mtv_iterations, **overrides))
+                                 mtv_iterations=mtv_iterations, build_seed=build_seed, **overrides))
     if as_json:
         return emit(report, True)
     out.print(markdown_table(report), highlight=False)

@@ -43,6 +43,7 @@ class DemoConfig(BaseModel):
     insert: InsertMode | None = None  # None: --auto chooses
     max_icl_shots: int = Field(default=32, ge=1)  # cap for icl:max (the shapes prompts are short; see docs/shapes.md)
     mtv_iterations: int | None = Field(default=None, ge=1)  # None: the demo's size (the paper uses 600)
+    build_seed: int = Field(default=0, ge=0)  # the shapes model's training seed: another seed, another build
 
     @field_validator("task")
     @classmethod
@@ -75,7 +76,7 @@ def demo_sizes(quick: bool) -> dict[str, int]:
 def run_demo(config: DemoConfig) -> dict[str, Any]:
     from stvcli.data.context import shots_that_fit
     from stvcli.data.loading import load_task_data
-    from stvcli.shapes.build import ensure_shapes_model
+    from stvcli.shapes.build import TrainSettings, ensure_shapes_model
     from stvcli.stages.bank import run_bank
     from stvcli.stages.config import BankConfig, EvalConfig, MTVConfig, ScanConfig, SearchConfig
     from stvcli.stages.evaluate import run_eval, token_counter
@@ -91,7 +92,8 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     if config.mtv_iterations is not None:
         sizes["mtv_iterations"] = config.mtv_iterations
     say(f"demo: shapes world, backbone {config.backbone}, task {config.task} -> {config.workspace}", config.quiet)
-    model_dir = ensure_shapes_model(config.backbone, quiet=config.quiet)
+    model_dir = ensure_shapes_model(config.backbone, quiet=config.quiet,
+                                    settings=TrainSettings(seed=config.build_seed) if config.build_seed else None)
     model = ModelOptions(model=str(model_dir), dtype="float32")
     data = DataOptions(data=f"shapes:{config.task}", task=config.task, seed=config.seed,
                        eval_limit=sizes["eval_items"])

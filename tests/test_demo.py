@@ -18,6 +18,7 @@ def tiny_shapes_model(tmp_path, monkeypatch):
 
     def fake_ensure(backbone, cache=None, **kwargs):
         calls.append(backbone)
+        calls.append(kwargs.get("settings"))
         return directory
 
     monkeypatch.setattr("stvcli.shapes.build.ensure_shapes_model", fake_ensure)
@@ -35,7 +36,7 @@ def test_demo_runs_every_stage_and_method(tmp_path, tiny_shapes_model) -> None:
     workspace = tmp_path / "demo"
     report = run_demo(DemoConfig(workspace=workspace, quick=True, quiet=True, backbone="smollm2",
                                  task="shapes-size", mtv_iterations=3))
-    assert tiny_shapes_model == ["smollm2"]
+    assert tiny_shapes_model == ["smollm2", None]  # the default build
     results = report["results"]["shapes-size"]
     methods = list(results)
     assert methods[:4] == ["zero-shot", "icl:1", "icl:2", "icl:4"]
@@ -53,3 +54,22 @@ def test_demo_runs_every_stage_and_method(tmp_path, tiny_shapes_model) -> None:
     written = json.loads((workspace / "results.json").read_text())
     assert written["results"] == json.loads(json.dumps(report["results"]))
     assert (workspace / "sensitivity.png").exists() and (workspace / "accuracy.png").exists()
+
+
+def test_build_seed_builds_the_shapes_model_with_that_seed(tmp_path, monkeypatch) -> None:
+    from stvcli.shapes.build import TrainSettings, shapes_model_dir
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_ensure(backbone, cache=None, **kwargs):
+        seen.append(kwargs.get("settings"))
+        raise Stop
+
+    monkeypatch.setattr("stvcli.shapes.build.ensure_shapes_model", fake_ensure)
+    with pytest.raises(Stop):
+        run_demo(DemoConfig(workspace=tmp_path / "demo", quick=True, quiet=True, build_seed=3))
+    assert seen == [TrainSettings(seed=3)]
+    assert shapes_model_dir("gemma3", tmp_path, TrainSettings(seed=3)) != shapes_model_dir("gemma3", tmp_path)

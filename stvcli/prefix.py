@@ -118,6 +118,31 @@ def fork_cache(cache: Any, index: torch.Tensor) -> Any:
     return new
 
 
+def truncate_cache(cache: Any, length: int) -> Any:
+    """A copy of ``cache`` holding its first ``length`` columns (``cache`` is left as is);
+    None where a layer cannot be cut: a sliding-window layer that already dropped
+    columns, or any layer other than the dynamic ones."""
+    new = copy.copy(cache)
+    new.layers = []
+    for layer in cache.layers:
+        kind = type(layer).__name__
+        if kind not in ("DynamicLayer", "DynamicSlidingWindowLayer") or not getattr(layer, "is_initialized", False):
+            return None
+        if layer.keys is None or layer.keys.shape[-2] < length:
+            return None
+        cut = copy.copy(layer)
+        if kind == "DynamicSlidingWindowLayer":
+            # only while it still holds every column it saw (the prompt is shorter than the window)
+            seen = getattr(layer, "cumulative_length", None)
+            if not isinstance(seen, int) or seen != layer.keys.shape[-2] or getattr(layer, "record_past", False):
+                return None
+            cut.cumulative_length = length
+        cut.keys = layer.keys[..., :length, :].clone()
+        cut.values = layer.values[..., :length, :].clone()
+        new.layers.append(cut)
+    return new
+
+
 def explicit_positions(adapter: ModelAdapter, inputs: dict[str, Any]) -> torch.Tensor | None:
     """Position ids the full forward of ``inputs`` would use, where the model derives them
     from the whole sequence (Qwen2-VL's 3-D M-RoPE): [3, B, T]; None for 1-D positions

@@ -140,12 +140,32 @@ def generate(
     full ``max_new_tokens``.
     """
     inputs = adapter.encode(prompts)
+    texts, _ = _generate(adapter, inputs, max_new_tokens, intervention, final)
+    return texts
+
+
+def _generate(
+    adapter: ModelAdapter,
+    inputs: dict[str, Any],
+    max_new_tokens: int,
+    intervention: Intervention | None,
+    final: Callable[[str], bool] | None,
+    cache: Any = None,
+    keep_cache: bool = False,
+) -> tuple[list[str], Any]:
+    """One ``model.generate`` call: the decoded new tokens per row and, with ``keep_cache``,
+    the KV cache it ended with. ``cache`` continues a cached prompt prefix."""
     tokenizer = adapter.tokenizer
     stopping = None
     if final is not None:
         from transformers import StoppingCriteriaList
 
         stopping = StoppingCriteriaList([_AnswersFinal(tokenizer, inputs["input_ids"].shape[1], final)])
+    extra: dict[str, Any] = {}
+    if cache is not None:
+        extra["cache" if _transformers_version() >= CACHE_RENAMED else "past_key_values"] = cache
+    if keep_cache:
+        extra["return_dict_in_generate"] = True
     with applied(adapter, intervention), torch.inference_mode():
         output = adapter.model.generate(
             **inputs,
@@ -153,9 +173,63 @@ def generate(
             do_sample=False,
             pad_token_id=tokenizer.pad_token_id,
             stopping_criteria=stopping,
+            **extra,
         )
-    new_tokens = output[:, inputs["input_ids"].shape[1] :]
-    return tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+    sequences = output.sequences if keep_cache else output
+    new_tokens = sequences[:, inputs["input_ids"].shape[1] :]
+    return tokenizer.batch_decode(new_tokens, skip_special_tokens=True), (output_cache(output) if keep_cache else None)
+
+
+def generate_each(
+    adapter: ModelAdapter,
+    prompts: Sequence[Prompt],
+    max_new_tokens: int,
+    interventions: Sequence[Intervention | None],
+    final: Callable[[str], bool] | None = None,
+    timer: Callable[[int], AbstractContextManager[Any]] | None = None,
+) -> list[list[str]]:
+    """``generate(adapter, prompts, max_new_tokens, i, final)`` for every intervention i,
+    with the prompts' prefix computed once.
+
+    Insertion starts at the last prompt token and attention is causal, so the KV cache
+    of every column before it is the same under every intervention: the first
+    intervention generates as ``generate`` does and keeps its cache; the others continue
+    a copy of its first T - 1 columns (the last prompt token and the decode steps run,
+    with their vectors). Same tokens, positions and masks as one ``generate`` each.
+    Where that does not apply (the family does not declare ``prefix_sharing``,
+    ``straightforward()``, 3-D M-RoPE positions, a cache layer other than a plain
+    dynamic one, a prompt ending in an image token) every intervention runs ``generate``.
+    ``timer(i)`` wraps intervention i's model work. Returns texts [intervention][row].
+    """
+    from stvcli.prefix import can_share_prefix, explicit_positions, image_token_ids, truncate_cache
+
+    timer = timer or (lambda i: nullcontext())
+    inputs = adapter.encode(prompts)
+    ids = inputs["input_ids"]
+    image_ids = image_token_ids(adapter)
+    shareable = (
+        len(interventions) > 1
+        and can_share_prefix(adapter)
+        and ids.shape[1] > 1
+        and explicit_positions(adapter, inputs) is None
+        and not (image_ids and bool(torch.isin(ids[:, -1], torch.tensor(image_ids, device=ids.device)).any()))
+    )
+    out: list[list[str]] = []
+    prefix = None
+    # only what the prefix's columns need: images live in the cache, the last token is plain text
+    rest = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask")}
+    for index, intervention in enumerate(interventions):
+        with timer(index):
+            if index == 0 or prefix is None:
+                texts, cache = _generate(adapter, inputs, max_new_tokens, intervention, final,
+                                         keep_cache=shareable and index == 0)
+                if cache is not None:
+                    prefix = truncate_cache(cache, ids.shape[1] - 1)
+            else:
+                texts, _ = _generate(adapter, rest, max_new_tokens, intervention, final,
+                                     cache=truncate_cache(prefix, ids.shape[1] - 1))
+        out.append(texts)
+    return out
 
 
 class _AnswersFinal:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from stvcli.data.types import Item, Task
 from stvcli.engine import Intervention
 from stvcli.models.base import ModelAdapter
-from stvcli.scoring import generate
+from stvcli.scoring import generate, generate_each
 from stvcli.stages.common import Meter, run_batched
 
 
@@ -36,3 +36,26 @@ def generate_and_score(adapter: ModelAdapter, task: Task, items: Sequence[Item],
     predictions = [task.extract(generation) for generation in generations]
     scores = [float(task.score(prediction, item)) for prediction, item in zip(predictions, items, strict=True)]
     return Generated(generations, predictions, scores)
+
+
+def generate_and_score_each(adapter: ModelAdapter, task: Task, items: Sequence[Item], prompts: Sequence[str],
+                            interventions: Sequence[Intervention | None], meters: Sequence[Meter],
+                            batch_size: int | None, on_batch: Callable[[int], None] | None = None) -> list[Generated]:
+    """``generate_and_score`` of every intervention on the same ``prompts``: each batch is
+    encoded once and its prompt prefix computed once (``scoring.generate_each``); the
+    generations equal one ``generate`` per intervention. ``meters[i]`` counts
+    intervention i's generations and model time."""
+
+    def run(chunk):
+        texts = generate_each(adapter, chunk, task.max_new_tokens, interventions, task.answer_final,
+                              timer=lambda i: meters[i].forward(len(chunk)))
+        return list(zip(*texts, strict=True))  # per row, one generation per intervention
+
+    rows = run_batched(run, list(prompts), batch_size, on_batch)
+    out = []
+    for index in range(len(interventions)):
+        generations = [row[index] for row in rows]
+        predictions = [task.extract(generation) for generation in generations]
+        scores = [float(task.score(prediction, item)) for prediction, item in zip(predictions, items, strict=True)]
+        out.append(Generated(generations, predictions, scores))
+    return out

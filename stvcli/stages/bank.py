@@ -9,6 +9,7 @@ zero-shot mean at each location, for ``add`` insertion).
 from __future__ import annotations
 
 import random
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,18 +38,26 @@ class BankResult:
     stats: dict[str, Any]
 
 
+def faiss_gpus() -> int:
+    """GPUs FAISS can use (0 with faiss-cpu or without a GPU)."""
+    import faiss
+
+    return int(faiss.get_num_gpus()) if hasattr(faiss, "get_num_gpus") else 0
+
+
 def faiss_kmeans(
-    points: np.ndarray, clusters: int, seed: int, niter: int = 25, nredo: int = 5
+    points: np.ndarray, clusters: int, seed: int, niter: int = 25, nredo: int = 5, gpu: bool | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """k-means of points [T, D] into ``clusters``: (centroids [M, D], counts [M]).
 
-    Uses FAISS (its GPU index when faiss-gpu and a GPU are present); keeps the best of
-    ``nredo`` seeded restarts, since one random start often lands in a poor optimum.
+    Uses FAISS (its GPU index when faiss-gpu and a GPU are present, or as ``gpu`` says);
+    keeps the best of ``nredo`` seeded restarts, since one random start often lands in
+    a poor optimum.
     """
     import faiss
 
     points = np.ascontiguousarray(points, dtype=np.float32)
-    use_gpu = hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
+    use_gpu = faiss_gpus() > 0 if gpu is None else gpu
     kmeans = faiss.Kmeans(
         points.shape[1], clusters, niter=niter, nredo=nredo, seed=seed, gpu=use_gpu, verbose=False,
         min_points_per_centroid=1, max_points_per_centroid=1 << 20,
@@ -59,14 +68,16 @@ def faiss_kmeans(
     return kmeans.centroids.copy(), counts
 
 
-def cluster_locations(activations: torch.Tensor, clusters: int, seed: int, niter: int = 25):
-    """Per-location k-means. activations: [T, K, D] -> (bank [K, M, D], counts [K, M])."""
+def cluster_locations(activations: torch.Tensor, clusters: int, seed: int, niter: int = 25,
+                      gpu: bool | None = None):
+    """Per-location k-means. activations: [T, K, D] -> (bank [K, M, D], counts [K, M]);
+    ``gpu``: FAISS on the GPU (None: when one is there)."""
     n_contexts, n_locations, _ = activations.shape
     if n_contexts < clusters:
         raise StvError(f"k-means needs at least as many contexts as clusters: {n_contexts} < {clusters}")
     banks, counts = [], []
     for k in range(n_locations):
-        centroids, sizes = faiss_kmeans(activations[:, k].numpy(), clusters, seed + k, niter)
+        centroids, sizes = faiss_kmeans(activations[:, k].numpy(), clusters, seed + k, niter, gpu=gpu)
         banks.append(torch.from_numpy(centroids))
         counts.append(torch.from_numpy(sizes))
     return torch.stack(banks), torch.stack(counts).long()
@@ -88,6 +99,7 @@ def run_bank(config: BankConfig) -> BankResult:
     if bank is not None:
         return BankResult(bank["bank"], bank["counts"], True, bank.meta["extra"].get("stats", {}))
 
+    started = time.perf_counter()
     locations = scan["locations"]
     activations, context_uids = _kept_activations(workspace, locations)
     activations, context_uids = activations[: config.contexts], context_uids[: config.contexts]
@@ -105,9 +117,12 @@ def run_bank(config: BankConfig) -> BankResult:
         say(f"bank: reusing {config.contexts} many-shot contexts from the scan", config.quiet)
     if not dist.is_main():  # rank 0 clusters and writes the bank
         return dist.broadcast_object(None)
+    clustering = time.perf_counter()
     bank, counts = cluster_locations(activations, config.clusters, config.seed, config.niter)
     baseline = scan["zero_mean"][locations[:, 0], locations[:, 1]]  # [K, D]
-    stats = stats or meter.summary()
+    # the whole stage's time: the forwards' meter alone would leave the k-means out
+    stats = {**(stats or meter.summary()), "kmeans_seconds": round(time.perf_counter() - clustering, 3),
+             "seconds": round(time.perf_counter() - started, 3)}
     workspace.save("bank", {"bank": bank, "counts": counts, "locations": locations, "baseline": baseline},
                    settings=settings, provenance=Provenance.of(scan), seed=config.seed,
                    extra={"stats": stats, "context_uids": context_uids})

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import torch
 
@@ -54,32 +54,119 @@ def peak_memory_mb() -> float:
     return usage / 1024 if sys.platform != "darwin" else usage / 2**20
 
 
+#: The largest batch ``--batch-size auto`` grows to (rows of one forward).
+MAX_AUTO_BATCH = 512
+#: Share of the device's memory a grown batch may be projected to reach.
+GROW_TARGET = 0.8
+
+
+class MemoryProbe(Protocol):
+    """Device memory as ``run_batched`` sees it (``CudaMemory`` on a GPU)."""
+
+    total: int
+
+    def reset(self) -> int:
+        """Start measuring a batch; the bytes in use now."""
+        ...
+
+    def peak(self) -> int:
+        """The most bytes in use since ``reset``."""
+        ...
+
+
+class CudaMemory:
+    """The current CUDA device's allocator statistics."""
+
+    def __init__(self) -> None:
+        self.total = int(torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory)
+
+    def reset(self) -> int:
+        torch.cuda.reset_peak_memory_stats()
+        return int(torch.cuda.memory_allocated())
+
+    def peak(self) -> int:
+        return int(torch.cuda.max_memory_allocated())
+
+
+def default_probe() -> MemoryProbe | None:
+    """``CudaMemory`` when a GPU is in use, else None (on the CPU ``auto`` keeps its size)."""
+    return CudaMemory() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+
+
+def grown_size(size: int, base: int, peak: int, total: int, ceiling: int, target: float | None = None) -> int:
+    """The next ``auto`` batch size after ``size`` rows ran with ``base`` bytes in use
+    before the batch and ``peak`` at most during it, on a device of ``total`` bytes:
+    ``2 * size`` when that batch is projected (memory linear in rows above ``base``) to
+    stay within ``target * total`` and below ``ceiling`` (a size that ran out of
+    memory, or the cap), else ``size``. ``target`` defaults to ``GROW_TARGET``."""
+    target = GROW_TARGET if target is None else target
+    doubled = 2 * size
+    if doubled >= ceiling or base + 2 * max(0, peak - base) > target * total:
+        return size
+    return doubled
+
+
+@dataclass
+class AutoBatch:
+    """What ``--batch-size auto`` has learned about one kind of row (its size now, and the
+    smallest size that ran out of memory), kept across ``run_batched`` calls: a stage
+    that batches in chunks (the scan) neither re-runs out of memory in every chunk nor
+    starts over from the default."""
+
+    size: int = field(default_factory=lambda: default_batch_size())
+    ceiling: int = MAX_AUTO_BATCH + 1
+
+
 def run_batched(
     fn: Callable[[Sequence[T]], list[R]],
     items: Sequence[T],
     batch_size: int | None,
     on_batch: Callable[[int], None] | None = None,
+    probe: MemoryProbe | None = None,
+    learned: AutoBatch | None = None,
 ) -> list[R]:
-    """``fn`` over ``items`` in batches; with ``batch_size=None`` (auto) a batch that runs
-    out of GPU memory is retried at half the size (down to 1)."""
-    size = batch_size or default_batch_size()
+    """``fn`` over ``items`` in batches.
+
+    With ``batch_size=None`` (auto) the batch starts at ``default_batch_size()`` (or
+    where ``learned`` left off); on a GPU (``probe``, default ``default_probe()``) it
+    doubles after every full batch whose measured peak says twice the rows fit
+    (``grown_size``), up to ``MAX_AUTO_BATCH``; a batch that runs out of GPU memory is
+    retried at half the size (down to 1), and the batch never grows back to a size that
+    ran out. ``learned`` is updated for the next call.
+    """
     auto = batch_size is None
+    state = learned if learned is not None and auto else AutoBatch()
+    size = batch_size or state.size
+    if auto and probe is None:
+        probe = default_probe()
     results: list[R] = []
     start = 0
     while start < len(items):
         chunk = items[start : start + size]
+        base = probe.reset() if auto and probe is not None else 0
         try:
             results.extend(fn(chunk))
         except torch.cuda.OutOfMemoryError:
             if not auto or size == 1:
                 raise
             torch.cuda.empty_cache()
+            state.ceiling = min(state.ceiling, size)
             size = max(1, size // 2)
             continue
         start += len(chunk)
         if on_batch is not None:
             on_batch(len(chunk))
+        if auto and probe is not None and len(chunk) == size:
+            size = grown_size(size, base, probe.peak(), probe.total, state.ceiling)
+    if auto:
+        state.size = size
     return results
+
+
+def register_adapter(options: Any, adapter: Any) -> None:
+    """Serve ``adapter`` wherever a stage asks for the model of ``options`` (an in-memory
+    model: benchmarks build random-weight models without writing them to disk)."""
+    _ADAPTERS[options.model_dump_json()] = adapter
 
 
 _ADAPTERS: dict[str, Any] = {}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,14 +29,14 @@ from stvcli.engine import Intervention
 from stvcli.errors import StvError
 from stvcli.metrics import paired_difference, summarize
 from stvcli.models.base import ModelAdapter
-from stvcli.stages.accuracy import generate_and_score
+from stvcli.stages.accuracy import generate_and_score, generate_and_score_each
 from stvcli.stages.common import Meter, check_inputs, get_adapter
 from stvcli.stages.config import EvalConfig
 from stvcli.stages.methods import Method, MethodContext, build_intervention, parse_methods, workspace_methods
 from stvcli.vectors import TaskVectors
 from stvcli.workspace import Workspace, check_writable
 
-__all__ = ["Method", "parse_methods", "run_eval", "markdown_table", "token_counter"]
+__all__ = ["Method", "parse_methods", "run_eval", "markdown_table", "token_counter", "evaluate_methods"]
 
 
 @dataclass
@@ -59,22 +60,53 @@ def evaluate_method(
     intervention: Intervention | None,
     config: EvalConfig,
 ) -> MethodResult:
+    return evaluate_methods(adapter, task_data, items, [(method, intervention)], config)[0]
+
+
+def evaluate_methods(
+    adapter: ModelAdapter,
+    task_data: TaskData,
+    items: list[Item],
+    group: list[tuple[Method, Intervention | None]],
+    config: EvalConfig,
+) -> list[MethodResult]:
+    """Methods that see the same prompts (the same number of shots), evaluated together:
+    each batch is encoded once and its prompt prefix computed once for all of them
+    (``scoring.generate_each``); the generations are those of one ``generate`` per method.
+    Each method's meter counts its own generations and model time; the batch's other
+    time (encoding, scoring) is split evenly among the methods."""
     task = task_data.task
-    prompts = [task.build_prompt(item, demonstrations_for(task_data, item, method.shots, config.seed)
-                                 if method.shots else ()) for item in items]
-    if method.shots:
-        check_icl_fits(token_counter(adapter), task, task_data.support, method.shots, adapter.context_length,
-                       config.seed, label=method.name)
-    meter = Meter()
+    shots = group[0][0].shots
+    assert all(method.shots == shots for method, _ in group)
+    prompts = [task.build_prompt(item, demonstrations_for(task_data, item, shots, config.seed) if shots else ())
+               for item in items]
+    if shots:
+        check_icl_fits(token_counter(adapter), task, task_data.support, shots, adapter.context_length,
+                       config.seed, label=group[0][0].name)
+    meters = [Meter() for _ in group]
+    interventions = [intervention for _, intervention in group]
+    started = time.perf_counter()
     with progress(config.quiet) as bar:
-        job = bar.add_task(f"eval {method.name}", total=len(prompts))
-        generated = generate_and_score(adapter, task, items, prompts, intervention, meter, config.batch_size,
-                                       lambda n: bar.advance(job, n))
-    samples = [{"id": item.uid, "method": method.name, "prediction": prediction, "generation": generation,
-                "target": list(item.answers) if len(item.answers) > 1 else item.answer, "score": score}
-               for item, generation, prediction, score in zip(items, generated.generations, generated.predictions,
-                                                              generated.scores, strict=True)]
-    return MethodResult(method.name, summarize(generated.scores), samples, meter.summary())
+        job = bar.add_task(f"eval {', '.join(method.name for method, _ in group)}", total=len(prompts))
+        advance = lambda n: bar.advance(job, n)  # noqa: E731
+        if len(group) == 1:
+            generated = [generate_and_score(adapter, task, items, prompts, interventions[0], meters[0],
+                                            config.batch_size, advance)]
+        else:
+            generated = generate_and_score_each(adapter, task, items, prompts, interventions, meters,
+                                                config.batch_size, advance)
+    other = time.perf_counter() - started - sum(meter.model_seconds for meter in meters)
+    results = []
+    for (method, _), meter, done in zip(group, meters, generated, strict=True):
+        samples = [{"id": item.uid, "method": method.name, "prediction": prediction, "generation": generation,
+                    "target": list(item.answers) if len(item.answers) > 1 else item.answer, "score": score}
+                   for item, generation, prediction, score in zip(items, done.generations, done.predictions,
+                                                                  done.scores, strict=True)]
+        stats = meter.summary()
+        if len(group) > 1:  # the meters ran side by side: each method's own model time, the rest shared
+            stats["seconds"] = round(meter.model_seconds + max(0.0, other) / len(group), 3)
+        results.append(MethodResult(method.name, summarize(done.scores), samples, stats))
+    return results
 
 
 def resolve_inputs(config: EvalConfig) -> tuple[ModelOptions, DataOptions, Artifact | None]:
@@ -132,12 +164,22 @@ def run_eval(config: EvalConfig) -> dict[str, Any]:
     if isinstance(task_data.task, TemplateTask):
         task_data.task = replace(task_data.task, variant=config.metric_variant)
     task = task_data.task
-    results: list[MethodResult] = []
     build_stats: dict[str, Any] = {}
-    for method in methods:
+    built = []
+    for method in methods:  # every intervention first (MTV's search included): then methods share prompts
         intervention, stats = build_intervention(context, method)
         build_stats.update({f"{method.base}_{k}": v for k, v in stats.items() if k != "forwards"})
-        result = _evaluate_shared(adapter, task_data, items, method, intervention, config)
+        built.append((method, intervention, stats))
+    by_shots: dict[int, list[tuple[Method, Intervention | None]]] = {}
+    for method, intervention, _ in built:
+        by_shots.setdefault(method.shots, []).append((method, intervention))
+    evaluated: dict[str, MethodResult] = {}
+    for group in by_shots.values():
+        for result in _evaluate_shared(adapter, task_data, items, group, config):
+            evaluated[result.method] = result
+    results: list[MethodResult] = []
+    for method, _, stats in built:
+        result = evaluated[method.name]
         result.summary.update(build_forwards=stats.get("forwards"), eval_forwards=result.stats.get("forwards"))
         results.append(result)
         say(f"eval: {method.name}: {result.summary['accuracy']:.3f} (n={result.summary['n']})", config.quiet)
@@ -189,17 +231,20 @@ def merge_results(previous: dict[str, Any], report: dict[str, Any]) -> dict[str,
     return merged
 
 
-def _evaluate_shared(adapter, task_data, items, method, intervention, config) -> MethodResult:
-    """``evaluate_method`` over every item; under torchrun each rank runs its contiguous
-    share and every rank gets the merged result (samples in item order)."""
+def _evaluate_shared(adapter, task_data, items, group, config) -> list[MethodResult]:
+    """``evaluate_methods`` over every item; under torchrun each rank runs its contiguous
+    share and every rank gets the merged results (samples in item order)."""
     if not dist.active():
-        return evaluate_method(adapter, task_data, items, method, intervention, config)
+        return evaluate_methods(adapter, task_data, items, group, config)
     mine = dist.shard(items)
-    part = evaluate_method(adapter, task_data, mine, method, intervention, config) if mine else None
+    part = evaluate_methods(adapter, task_data, mine, group, config) if mine else None
     parts = [p for p in dist.all_gather_object(part) if p is not None]
-    samples = [sample for p in parts for sample in p.samples]
-    return MethodResult(method.name, summarize([s["score"] for s in samples]), samples,
-                        dist.merge_stats([p.stats for p in parts]))
+    merged = []
+    for index, (method, _) in enumerate(group):
+        samples = [sample for p in parts for sample in p[index].samples]
+        merged.append(MethodResult(method.name, summarize([s["score"] for s in samples]), samples,
+                                   dist.merge_stats([p[index].stats for p in parts])))
+    return merged
 
 
 def paired_comparisons(results: list[MethodResult], seed: int = 0) -> dict[str, Any]:

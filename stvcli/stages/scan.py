@@ -24,7 +24,7 @@ from stvcli.engine import capturing
 from stvcli.errors import StvError
 from stvcli.models.base import ModelAdapter
 from stvcli.scoring import default_batch_size, model_kwargs
-from stvcli.stages.common import Meter, check_inputs, get_adapter, run_batched
+from stvcli.stages.common import AutoBatch, Meter, check_inputs, get_adapter, run_batched
 from stvcli.stages.config import ScanConfig
 from stvcli.workspace import Provenance, Shares, Workspace
 
@@ -102,8 +102,10 @@ def many_shot_prompts(
     return prompts
 
 
-def capture_prompts(adapter: ModelAdapter, prompts, meter: Meter, batch_size, locations=None, on_batch=None):
-    """Last-token activations of ``prompts``: [N, L, H, D] (or [N, K, D] at locations), on CPU."""
+def capture_prompts(adapter: ModelAdapter, prompts, meter: Meter, batch_size, locations=None, on_batch=None,
+                    learned: AutoBatch | None = None):
+    """Last-token activations of ``prompts``: [N, L, H, D] (or [N, K, D] at locations), on CPU.
+    ``learned``: the auto batch size carried over from earlier calls (``run_batched``)."""
 
     def run(chunk):
         inputs = adapter.encode(chunk)
@@ -111,12 +113,12 @@ def capture_prompts(adapter: ModelAdapter, prompts, meter: Meter, batch_size, lo
             adapter.model(**inputs, **model_kwargs(adapter.model, keep=1))
         return list(capture.result().cpu())
 
-    return torch.stack(run_batched(run, prompts, batch_size, on_batch))
+    return torch.stack(run_batched(run, prompts, batch_size, on_batch, learned=learned))
 
 
 def capture_grouped(
     adapter: ModelAdapter, prompts, meter: Meter, batch_size, group_size: int, locations=None, on_batch=None,
-    first_index: int = 0,
+    first_index: int = 0, learned: AutoBatch | None = None,
 ) -> torch.Tensor:
     """``capture_prompts`` for many-shot prompts sampled in groups (``many_shot_prompts``):
     each group's shared demonstration prefix runs once and its queries run over its KV
@@ -127,7 +129,7 @@ def capture_grouped(
     from stvcli.prefix import can_share_prefix, capture_shared, shared_text_prefix
 
     if group_size <= 1 or not can_share_prefix(adapter):
-        return capture_prompts(adapter, prompts, meter, batch_size, locations, on_batch)
+        return capture_prompts(adapter, prompts, meter, batch_size, locations, on_batch, learned)
     out = []
     start = 0
     while start < len(prompts):
@@ -138,7 +140,7 @@ def capture_grouped(
         if prefix is not None:
             result = capture_shared(adapter, group, prefix, locations, timer=meter.forward)
         if result is None:
-            result = capture_prompts(adapter, group, meter, batch_size, locations)
+            result = capture_prompts(adapter, group, meter, batch_size, locations, learned=learned)
         elif on_batch is not None:
             on_batch(len(group))
         out.append(result.cpu())
@@ -176,11 +178,13 @@ def scan_pass(
     scores: dict[str, list[torch.Tensor]] = {mode: [] for mode in SENSITIVITIES}
     kept = []
     zero_sum, many_sum = torch.zeros(shape), torch.zeros(shape)
+    zero_batch, many_batch = AutoBatch(), AutoBatch()  # what auto learns carries over chunks, per kind of prompt
     for start in range(0, n, chunk):
         stop = min(n, start + chunk)
-        zero = capture_prompts(adapter, zero_prompts[start:stop], meter, batch_size, on_batch=on_batch)
+        zero = capture_prompts(adapter, zero_prompts[start:stop], meter, batch_size, on_batch=on_batch,
+                               learned=zero_batch)
         many = capture_grouped(adapter, many_prompts[start:stop], meter, batch_size, group_size, on_batch=on_batch,
-                               first_index=first_index + start)
+                               first_index=first_index + start, learned=many_batch)
         for mode in SENSITIVITIES:
             scores[mode].append(sensitivity_scores(zero, many, mode))
         zero_sum += zero.sum(0)

@@ -27,7 +27,7 @@ from stvcli.console import say
 from stvcli.data.loading import load_task_data
 from stvcli.data.options import DataOptions
 from stvcli.engine import InsertMode, Intervention
-from stvcli.stages.accuracy import generate_and_score
+from stvcli.stages.accuracy import generate_and_score_each
 from stvcli.stages.common import Meter, check_inputs, get_adapter
 from stvcli.stages.config import SearchConfig
 from stvcli.stages.reinforce import (
@@ -238,10 +238,8 @@ def judge_searches(adapter, task, searches: list[Searched], choices: Choices, lo
     start = choices.everywhere(choices.mean_index)
     if start is not None:
         picks["mean"] = start
-    accuracy = {name: holdout_accuracy(adapter, task, holdout,
-                                       choices.final_intervention(locations, baseline, pick, config.insert),
-                                       meter, config.batch_size)
-                for name, pick in picks.items()}
+    interventions = [choices.final_intervention(locations, baseline, pick, config.insert) for pick in picks.values()]
+    accuracy = dict(zip(picks, holdout_accuracy(adapter, task, holdout, interventions, meter, config.batch_size)))
     best = max(accuracy, key=lambda name: (accuracy[name], -list(accuracy).index(name)))
     others = ", ".join(f"{name} {value:.1%}" for name, value in accuracy.items() if name != best)
     return {"kept": best, "final": picks[best].tolist(), "tried": list(accuracy), "holdout_accuracy": accuracy,
@@ -249,17 +247,18 @@ def judge_searches(adapter, task, searches: list[Searched], choices: Choices, lo
             "searches": {s.reward: {"rewards": s.history.rewards, "choices": s.final.tolist()} for s in searches}}
 
 
-def holdout_accuracy(adapter, task, queries: list, intervention: Intervention | None, meter: Meter,
-                     batch_size: int | None) -> float:
-    """Mean task score of greedy generations for zero-shot ``queries`` with ``intervention``
-    written (None: the bare model); ranks share the queries."""
-    def scores(start: int, stop: int) -> torch.Tensor:
+def holdout_accuracy(adapter, task, queries: list, interventions: list[Intervention | None], meter: Meter,
+                     batch_size: int | None) -> list[float]:
+    """Per intervention (None: the bare model), the mean task score of greedy generations
+    for the zero-shot ``queries`` with it written; the interventions share each batch's
+    prompt prefix (``generate_and_score_each``), ranks share the queries."""
+    def scores(start: int, stop: int) -> torch.Tensor:  # [queries, interventions]
         part = queries[start:stop]
-        generated = generate_and_score(adapter, task, part, [task.build_prompt(q) for q in part], intervention,
-                                       meter, batch_size)
-        return torch.tensor(generated.scores, dtype=torch.float64)
+        generated = generate_and_score_each(adapter, task, part, [task.build_prompt(q) for q in part],
+                                            interventions, [meter] * len(interventions), batch_size)
+        return torch.tensor([g.scores for g in generated], dtype=torch.float64).T.reshape(len(part), -1)
 
-    return float(dist.gather_shares(len(queries), scores).mean())
+    return dist.gather_shares(len(queries), scores).mean(0).tolist()
 
 
 def _auto_options(adapter, task, bank_artifact, queries: list, config: SearchConfig, meter: Meter) -> dict[str, Any]:

@@ -163,16 +163,17 @@ def test_eval_applies_exactly_the_vectors_it_read(bed, workspace, scanned, monke
     run_search(SearchConfig(workspace=workspace, iterations=2, samples=4, quiet=True))
     vectors = load_artifact(Workspace(workspace).path("vectors"), "vectors")
     seen = {}
-    original = accuracy_module.generate
+    original = accuracy_module.generate_each
 
-    def spy(adapter, prompts, max_new_tokens, intervention=None, final=None):
-        seen.setdefault("interventions", []).append(intervention)
-        return original(adapter, prompts, max_new_tokens, intervention, final)
+    # zero-shot and stv see the same prompts: evaluated together (one prompt prefix for both)
+    def spy(adapter, prompts, max_new_tokens, interventions, final=None, timer=None):
+        seen.setdefault("interventions", []).append(list(interventions))
+        return original(adapter, prompts, max_new_tokens, interventions, final, timer)
 
-    monkeypatch.setattr(accuracy_module, "generate", spy)
+    monkeypatch.setattr(accuracy_module, "generate_each", spy)
     report = evaluate_module.run_eval(EvalConfig(workspace=workspace, methods=["zero-shot", "stv"], limit=4,
                                                  quiet=True, batch_size=4))
-    zero, stv = seen["interventions"]
+    ((zero, stv),) = seen["interventions"]
     assert zero is None
     assert torch.equal(stv.vectors, vectors["vectors"]) and torch.equal(stv.locations, vectors["locations"])
     assert stv.mode == "replace"
@@ -242,13 +243,13 @@ def test_mtv_inserts_by_replacement_whatever_stv_uses(bed, workspace, scanned, m
     run_bank(BankConfig(workspace=workspace, clusters=4, contexts=8, quiet=True))
     run_search(SearchConfig(workspace=workspace, iterations=1, samples=2, insert="add", quiet=True))
     seen = []
-    original = accuracy_module.generate
+    original = accuracy_module.generate_each  # the three methods see the same prompts: evaluated together
 
-    def spy(adapter, prompts, max_new_tokens, intervention=None, final=None):
-        seen.append(intervention)
-        return original(adapter, prompts, max_new_tokens, intervention, final)
+    def spy(adapter, prompts, max_new_tokens, interventions, final=None, timer=None):
+        seen.extend(interventions)
+        return original(adapter, prompts, max_new_tokens, interventions, final, timer)
 
-    monkeypatch.setattr(accuracy_module, "generate", spy)
+    monkeypatch.setattr(accuracy_module, "generate_each", spy)
     report = evaluate_module.run_eval(EvalConfig(
         workspace=workspace, methods=["stv", "mtv", "mtv-add"], insert="add", limit=2, quiet=True, batch_size=2,
         mtv=MTVConfig(iterations=1, samples=2, holdout=2, best_of=2)))
@@ -366,9 +367,9 @@ def test_judge_searches_keeps_the_best_generating_pick_and_ties_go_to_the_earlie
                          ([0.75, 0.5, 0.8], "mean")):
         seen = []
 
-        def accuracy(adapter, task, queries, intervention, meter, batch_size, values=values):
-            seen.append(intervention)
-            return values[len(seen) - 1]
+        def accuracy(adapter, task, queries, interventions, meter, batch_size, values=values):
+            seen[:] = interventions
+            return values
 
         monkeypatch.setattr(search_module, "holdout_accuracy", accuracy)
         judged = search_module.judge_searches(None, None, searches, choices, torch.tensor([[0, 0], [1, 1]]),

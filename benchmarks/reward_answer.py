@@ -108,10 +108,36 @@ def table(results: dict, sweep: dict) -> str:
     return "\n".join(lines)
 
 
+def full_table(results: dict, sweep: dict) -> str:
+    """The issue's table: every method of the sweep with STV at ``--auto`` from this run
+    (forwards to build each; the paired STV - MTV on the same items)."""
+    def cell(x: dict) -> str:
+        return f"{100 * x['accuracy']:.0f} [{100 * x['ci_low']:.0f}, {100 * x['ci_high']:.0f}]"
+
+    lines = ["| task | n | zero-shot | icl:4 | icl:max | MTV (faithful) | STV (paper) | STV (auto) | mean-at-stv | "
+             "kept | STV (auto) - MTV [95% CI], p | STV (auto) / icl:max | build forwards MTV / STV paper / STV auto |",
+             "|" + "---|" * 13]
+    for name, row in results.items():
+        task = next(iter(sweep[name]["paper"]["results"]))
+        paper, chosen = sweep[name]["paper"]["results"][task], sweep[name]["chosen"]["results"][task]
+        icl = next(v for k, v in paper.items() if k.startswith("icl:") and k != "icl:4")
+        mine, diff = row["stv(answer)"], row["paired"]["stv(answer) - mtv"]
+        ratio = f"{mine['accuracy'] / icl['accuracy']:.2f}" if icl["accuracy"] else "-"
+        budget = " / ".join(str(x.get("build_forwards", "-")) for x in (paper["mtv"], paper["stv"], mine))
+        lines.append(
+            f"| {name} | {mine['n']} | {cell(paper['zero-shot'])} | {cell(paper['icl:4'])} | {cell(icl)} | "
+            f"{cell(paper['mtv'])} | {cell(paper['stv'])} | {cell(mine)} | {cell(chosen['mean-at-stv'])} | "
+            f"{row.get('kept', '-')} | {100 * diff['difference']:+.1f} [{100 * diff['ci_low']:+.1f}, "
+            f"{100 * diff['ci_high']:+.1f}], p={diff['p_value']:.2g} | {ratio} | {budget} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", default=[])
     parser.add_argument("--table", action="store_true", help="print the table of --out and stop")
+    parser.add_argument("--full-table", action="store_true",
+                        help="print every method of the sweep with this run's STV (for --reward auto) and stop")
     parser.add_argument("--reward", choices=("answer", "complete", "auto"), default="answer")
     parser.add_argument("--sweep", type=Path, default=ROOT / "benchmarks" / "results" / "stv_vs_mtv_text.json")
     parser.add_argument("--sweep-root", type=Path, default=ROOT / "runs" / "stv_vs_mtv" / "text")
@@ -121,8 +147,8 @@ def main() -> None:
     root = args.root or ROOT / "runs" / f"reward_{args.reward}"
     sweep = json.loads(args.sweep.read_text())
     results = json.loads(args.out.read_text()) if args.out.exists() else {}
-    if args.table:
-        print(table(results, sweep))
+    if args.table or args.full_table:
+        print(full_table(results, sweep) if args.full_table else table(results, sweep))
         return
     for name in args.tasks:
         if name in results or name not in sweep:

@@ -136,7 +136,8 @@ class Checkpoint:
     settings: dict
     provenance: Provenance
     every: int = 25
-    meter: Meter | None = None  # its forwards are saved and restored, so a resumed run counts them all
+    meter: Meter | None = None  # this loop's forwards are saved and restored, so a resumed run counts them all
+    start_forwards: int = 0  # the meter's count when this loop began (set by ``reinforce``)
 
 
 @dataclass
@@ -172,6 +173,8 @@ def reinforce(policy: Policy, score: Score, train: Sequence[Item], *, iterations
     """
     optimizer = torch.optim.Adam([policy.logits], lr=lr)
     history = History()
+    if checkpoint.meter is not None:  # the meter may already count other work (search --auto runs several loops)
+        checkpoint.start_forwards = checkpoint.meter.forwards
     start = _resume(policy, optimizer, history, checkpoint, label, quiet)
     if len(set(dist.all_gather_object(start))) > 1:
         raise StvError("the ranks resumed the search from different checkpoints; is the workspace on a file system "
@@ -248,7 +251,7 @@ def _save_state(policy: Policy, optimizer: torch.optim.Optimizer, history: Histo
         settings=checkpoint.settings,
         provenance=checkpoint.provenance,
         extra={"iteration": iteration, "adam_step": float(state["step"]), "history": history.as_dict(),
-               "forwards": checkpoint.meter.forwards if checkpoint.meter else 0},
+               "forwards": checkpoint.meter.forwards - checkpoint.start_forwards if checkpoint.meter else 0},
     )
 
 

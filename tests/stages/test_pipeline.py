@@ -137,6 +137,24 @@ def test_search_resumes_after_interruption_to_the_same_result(bed, workspace, sc
     assert resumed.stats["forwards"] == fresh.stats["forwards"]  # the interrupted run's forwards still count
 
 
+def test_auto_search_interrupted_in_its_second_search_resumes_to_the_same_result(bed, workspace, scanned,
+                                                                                 monkeypatch):
+    run_bank(BankConfig(workspace=workspace, clusters=4, contexts=8, quiet=True))
+    config = SearchConfig(workspace=workspace, iterations=6, samples=4, holdout=4, checkpoint_every=2, auto=True,
+                          quiet=True)
+    with monkeypatch.context() as patch:
+        interrupt_after(patch, 7 + 5)  # the first search: 6 iterations and its best-of; then iteration 5 of 6
+        with pytest.raises(KeyboardInterrupt):
+            run_search(config)
+    space = Workspace(workspace)
+    assert space.path("search-state-first-token").exists() and space.path("search-state-complete").exists()
+    resumed = run_search(config)
+    assert not [p.name for p in workspace.iterdir() if p.name.startswith("search-state")]
+    fresh = run_search(config.model_copy(update={"force": True}))
+    assert torch.equal(resumed.choices, fresh.choices) and torch.allclose(resumed.logits, fresh.logits, atol=1e-5)
+    assert resumed.stats["forwards"] == fresh.stats["forwards"]  # each loop's own forwards restored, once
+
+
 def test_mtv_resumes_after_interruption_to_the_same_choices(bed, workspace, scanned, monkeypatch):
     from stvcli.stages.mtv import run_mtv
 

@@ -37,6 +37,8 @@ import shutil
 import time
 from pathlib import Path
 
+import torch
+
 from stvcli.metrics import paired_difference
 from stvcli.stages.config import EvalConfig, SearchConfig
 from stvcli.stages.evaluate import run_eval
@@ -52,7 +54,35 @@ def scores(samples: Path, method: str) -> dict[str, float]:
     return {row["id"]: row["score"] for row in rows if row["method"] == method}
 
 
-def run_task(name: str, sweep_root: Path, root: Path, sweep: dict, reward: str) -> dict:
+def seed_finished_search(workspace: Path, config: SearchConfig, reward: str, recorded: Path) -> bool:
+    """Put the search already recorded in ``recorded`` (a vectors file made with exactly
+    this config's training settings and this reward, on the same scan and bank) into
+    ``workspace`` as the finished checkpoint of ``search --auto``'s ``reward`` loop:
+    its final logits and history at the last iteration, with the loop's forwards. The
+    search then resumes there (``stvcli.stages.reinforce``) and runs everything after
+    the loop (best-of, the judge, the diagnostics) for real. The searches are
+    deterministic (same seed, draws and queries), so this is the run's own result
+    (checked on past-tense: the choices of both searches equal the recorded ones)."""
+    from stvcli.artifacts import load_artifact
+    from stvcli.workspace import Provenance
+
+    if not recorded.exists():
+        return False
+    vectors = load_artifact(recorded, "vectors")
+    space = Workspace(workspace)
+    start = space.begin("vectors", config.settings(), upstream="bank")
+    logits = vectors["searched_logits"]
+    loop_forwards = config.iterations * config.samples * config.queries_per_iteration
+    space.save(f"search-state-{reward}",
+               {"logits": logits, "exp_avg": torch.zeros_like(logits), "exp_avg_sq": torch.zeros_like(logits)},
+               settings={**start.settings, "reward": reward}, provenance=Provenance.of(start.upstream),
+               extra={"iteration": config.iterations, "adam_step": float(config.iterations),
+                      "history": vectors.meta["extra"]["history"], "forwards": loop_forwards})
+    return True
+
+
+def run_task(name: str, sweep_root: Path, root: Path, sweep: dict, reward: str,
+             replay: dict[str, Path] | None = None) -> dict:
     row = sweep[name]
     sizes, task = row["sizes"], next(iter(row["paper"]["results"]))
     source, workspace = sweep_root / name / "chosen", root / name
@@ -61,10 +91,13 @@ def run_task(name: str, sweep_root: Path, root: Path, sweep: dict, reward: str) 
         if not (workspace / file).exists():
             shutil.copy2(source / file, workspace / file)
     started = time.perf_counter()
-    run_search(SearchConfig(workspace=workspace, iterations=sizes["iterations"], samples=sizes["samples"],
-                            queries_per_iteration=sizes["queries_per_iteration"], seed=sweep["meta"]["seed"],
-                            auto=True, auto_rewards=["first-token", "complete"] if reward == "auto" else [reward],
-                            quiet=True))
+    config = SearchConfig(workspace=workspace, iterations=sizes["iterations"], samples=sizes["samples"],
+                          queries_per_iteration=sizes["queries_per_iteration"], seed=sweep["meta"]["seed"],
+                          auto=True, auto_rewards=["first-token", "complete"] if reward == "auto" else [reward],
+                          quiet=True)
+    replayed = [r for r, path in (replay or {}).items() if r in config.auto_rewards and not
+                (workspace / "vectors.safetensors").exists() and seed_finished_search(workspace, config, r, path)]
+    run_search(config)
     report = run_eval(EvalConfig(workspace=workspace, methods=["stv"], log_samples=True, seed=sweep["meta"]["seed"],
                                  quiet=True))
     answer = scores(workspace / f"samples_{task}.jsonl", "stv")
@@ -84,6 +117,7 @@ def run_task(name: str, sweep_root: Path, root: Path, sweep: dict, reward: str) 
         "search_forwards": vectors.get("stats", {}).get("forwards"),
         "diagnostics": vectors.get("diagnostics"),
         "seconds": round(time.perf_counter() - started, 1),
+        "replayed": replayed,
     }
 
 
@@ -143,6 +177,9 @@ def main() -> None:
     parser.add_argument("--sweep-root", type=Path, default=ROOT / "runs" / "stv_vs_mtv" / "text")
     parser.add_argument("--root", type=Path, default=None, help="default: runs/reward_<reward>")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--replay", nargs="*", default=[], metavar="REWARD=ROOT",
+                        help="with --reward auto: resume that reward's search from the one recorded in "
+                             "ROOT/<task>/vectors.safetensors (first-token=chosen: the sweep's chosen workspace)")
     args = parser.parse_args()
     root = args.root or ROOT / "runs" / f"reward_{args.reward}"
     sweep = json.loads(args.sweep.read_text())
@@ -153,7 +190,12 @@ def main() -> None:
     for name in args.tasks:
         if name in results or name not in sweep:
             continue
-        results[name] = run_task(name, args.sweep_root, root, sweep, args.reward)
+        replay = {}
+        for spec in args.replay:
+            key, _, folder = spec.partition("=")
+            replay[key] = (args.sweep_root / name / "chosen" if folder == "chosen" else Path(folder) / name) \
+                / "vectors.safetensors"
+        results[name] = run_task(name, args.sweep_root, root, sweep, args.reward, replay)
         args.out.write_text(json.dumps(results, indent=1, default=str) + "\n")
         row = results[name]
         diff = row["paired"].get("stv(answer) - stv(first-token)", {})

@@ -32,7 +32,6 @@ downloaded. Sections:
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import platform
@@ -47,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))  # overhead.py
+sys.path.insert(0, str(HERE))  # overhead.py, peak_memory.py
 sys.path.insert(0, str(HERE.parent))  # stvcli from a checkout
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -55,6 +54,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
+from peak_memory import peak_delta_mb  # noqa: E402
 from stvcli.data.tasks import get_task  # noqa: E402
 from stvcli.data.types import Item, Task  # noqa: E402
 from stvcli.engine import Intervention, all_locations  # noqa: E402
@@ -300,50 +300,6 @@ def overhead_section(bed: Bed, quick: bool) -> dict[str, Any]:
 
     prompts = [bed.task.build_prompt(q) for q in bed.pool[:4]]
     return overhead.measure(bed.adapter, prompts, 5 if quick else 15)
-
-
-# --------------------------------------------------------------------- memory
-def _status_kb(field: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def _reset_peak() -> bool:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def _trim() -> None:
-    """Give freed heap memory back to the OS (glibc), so the next peak is measured from the
-    memory really in use rather than hidden by pages the allocator kept."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
-def peak_delta_mb(fn: Callable[[], Any]) -> float | None:
-    """Peak resident memory above the level before ``fn`` (Linux: VmHWM after a reset)."""
-    gc.collect()
-    _trim()
-    if not _reset_peak():
-        return None
-    base = _status_kb("VmRSS")
-    fn()
-    peak = _status_kb("VmHWM")
-    if base is None or peak is None:
-        return None
-    return (peak - base) / 1024
 
 
 def wide_heads_adapter() -> ModelAdapter:

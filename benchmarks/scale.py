@@ -30,8 +30,6 @@ Sections (each a ratio or a count inside one run; timings are minima over repeat
 from __future__ import annotations
 
 import argparse
-import ctypes
-import gc
 import json
 import os
 import sys
@@ -44,10 +42,13 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # stvcli from a checkout (no install needed)
+sys.path.insert(0, str(HERE))  # the benchmarks' own helpers
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
+
+from peak_memory import PeakMemory  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -77,56 +78,6 @@ MEASURED_CPU = Sizes(queries=4, keep_contexts=4, clusters=4, contexts=6, iterati
 #: The tiny geometry of --quick and the tests.
 QUICK = Sizes(shots=4, queries=4, keep_contexts=4, top_k=6, clusters=2, contexts=5, iterations=2, samples=4,
               queries_per_iteration=2, holdout=2, eval_items=3, support=24)
-
-
-# ------------------------------------------------------------------------------ memory
-def _status_kb(field: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def _trim() -> None:
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
-class PeakMemory:
-    """Peak memory of a block: CUDA allocated bytes on a GPU, else the resident set above
-    its level at the start (Linux VmHWM after a reset; None where that cannot be read)."""
-
-    def __init__(self, device: str) -> None:
-        self.cuda = device.startswith("cuda")
-        self.mb: float | None = None
-
-    def __enter__(self) -> "PeakMemory":
-        _trim()
-        if self.cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self.base = 0
-        else:
-            try:
-                Path("/proc/self/clear_refs").write_text("5")
-                self.base = _status_kb("VmRSS")
-            except OSError:
-                self.base = None
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.cuda:
-            torch.cuda.synchronize()
-            self.mb = torch.cuda.max_memory_allocated() / 2**20
-        else:
-            peak = _status_kb("VmHWM")
-            self.mb = None if self.base is None or peak is None else (peak - self.base) / 1024
 
 
 def best_of(fns: dict[str, Callable[[], Any]], repeats: int, sync: bool = False) -> dict[str, float]:

@@ -433,15 +433,9 @@ def stages_section(bed: Bed, quick: bool) -> dict[str, Any]:
 # --------------------------------------------------------------------- report
 def machine() -> dict[str, Any]:
     import transformers
+    from machine_info import cpu_name
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     return {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "cpu": cpu,

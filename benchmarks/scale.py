@@ -460,18 +460,10 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 def machine() -> str:
-    import platform
-
     import transformers
+    from machine_info import cpu_name
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return (f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch thread(s), {gpu}; torch "
             f"{torch.__version__}, transformers {transformers.__version__}")

@@ -82,7 +82,7 @@ def seed_finished_search(workspace: Path, config: SearchConfig, reward: str, rec
 
 
 def run_task(name: str, sweep_root: Path, root: Path, sweep: dict, reward: str,
-             replay: dict[str, Path] | None = None) -> dict:
+             replay: dict[str, Path] | None = None, iterations: int | None = None) -> dict:
     row = sweep[name]
     sizes, task = row["sizes"], next(iter(row["paper"]["results"]))
     source, workspace = sweep_root / name / "chosen", root / name
@@ -91,7 +91,7 @@ def run_task(name: str, sweep_root: Path, root: Path, sweep: dict, reward: str,
         if not (workspace / file).exists():
             shutil.copy2(source / file, workspace / file)
     started = time.perf_counter()
-    config = SearchConfig(workspace=workspace, iterations=sizes["iterations"], samples=sizes["samples"],
+    config = SearchConfig(workspace=workspace, iterations=iterations or sizes["iterations"], samples=sizes["samples"],
                           queries_per_iteration=sizes["queries_per_iteration"], seed=sweep["meta"]["seed"],
                           auto=True, auto_rewards=["first-token", "complete"] if reward == "auto" else [reward],
                           quiet=True)
@@ -177,6 +177,7 @@ def main() -> None:
     parser.add_argument("--sweep-root", type=Path, default=ROOT / "runs" / "stv_vs_mtv" / "text")
     parser.add_argument("--root", type=Path, default=None, help="default: runs/reward_<reward>")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--iterations", type=int, default=None, help="search iterations (default: the sweep's)")
     parser.add_argument("--replay", nargs="*", default=[], metavar="REWARD=ROOT",
                         help="with --reward auto: resume that reward's search from the one recorded in "
                              "ROOT/<task>/vectors.safetensors (first-token=chosen: the sweep's chosen workspace)")
@@ -195,7 +196,7 @@ def main() -> None:
             key, _, folder = spec.partition("=")
             replay[key] = (args.sweep_root / name / "chosen" if folder == "chosen" else Path(folder) / name) \
                 / "vectors.safetensors"
-        results[name] = run_task(name, args.sweep_root, root, sweep, args.reward, replay)
+        results[name] = run_task(name, args.sweep_root, root, sweep, args.reward, replay, args.iterations)
         args.out.write_text(json.dumps(results, indent=1, default=str) + "\n")
         row = results[name]
         diff = row["paired"].get("stv(answer) - stv(first-token)", {})

@@ -143,25 +143,32 @@ def table(results: dict, sweep: dict) -> str:
 
 
 def full_table(results: dict, sweep: dict) -> str:
-    """The issue's table: every method of the sweep with STV at ``--auto`` from this run
-    (forwards to build each; the paired STV - MTV on the same items)."""
+    """The issue's table, one row per task of the sweep: every method of the sweep with
+    STV (auto) from this run; a task this run did not reach shows the sweep's chosen
+    STV (first-token reward only) and says so in the "kept" column."""
     def cell(x: dict) -> str:
         return f"{100 * x['accuracy']:.0f} [{100 * x['ci_low']:.0f}, {100 * x['ci_high']:.0f}]"
 
     lines = ["| task | n | zero-shot | icl:4 | icl:max | MTV (faithful) | STV (paper) | STV (auto) | mean-at-stv | "
              "kept | STV (auto) - MTV [95% CI], p | STV (auto) / icl:max | build forwards MTV / STV paper / STV auto |",
              "|" + "---|" * 13]
-    for name, row in results.items():
-        task = next(iter(sweep[name]["paper"]["results"]))
-        paper, chosen = sweep[name]["paper"]["results"][task], sweep[name]["chosen"]["results"][task]
+    for name, row in sweep.items():
+        if name == "meta":
+            continue
+        task = next(iter(row["paper"]["results"]))
+        paper, chosen = row["paper"]["results"][task], row["chosen"]["results"][task]
         icl = next(v for k, v in paper.items() if k.startswith("icl:") and k != "icl:4")
-        mine, diff = row["stv(answer)"], row["paired"]["stv(answer) - mtv"]
+        if name in results:
+            mine, diff, kept = (results[name]["stv(answer)"], results[name]["paired"]["stv(answer) - mtv"],
+                                results[name].get("kept", "-"))
+        else:
+            mine, diff, kept = chosen["stv"], row["paired_chosen"]["stv(chosen) - mtv"], "first-token (not rerun)"
         ratio = f"{mine['accuracy'] / icl['accuracy']:.2f}" if icl["accuracy"] else "-"
         budget = " / ".join(str(x.get("build_forwards", "-")) for x in (paper["mtv"], paper["stv"], mine))
         lines.append(
             f"| {name} | {mine['n']} | {cell(paper['zero-shot'])} | {cell(paper['icl:4'])} | {cell(icl)} | "
             f"{cell(paper['mtv'])} | {cell(paper['stv'])} | {cell(mine)} | {cell(chosen['mean-at-stv'])} | "
-            f"{row.get('kept', '-')} | {100 * diff['difference']:+.1f} [{100 * diff['ci_low']:+.1f}, "
+            f"{kept} | {100 * diff['difference']:+.1f} [{100 * diff['ci_low']:+.1f}, "
             f"{100 * diff['ci_high']:+.1f}], p={diff['p_value']:.2g} | {ratio} | {budget} |")
     return "\n".join(lines)
 

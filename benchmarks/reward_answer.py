@@ -56,7 +56,8 @@ def scores(samples: Path, method: str) -> dict[str, float]:
 
 def seed_finished_search(workspace: Path, config: SearchConfig, reward: str, recorded: Path) -> bool:
     """Put the search already recorded in ``recorded`` (a vectors file made with exactly
-    this config's training settings and this reward, on the same scan and bank) into
+    this config's training settings and this reward, on the same scan and bank; its
+    insertion is recorded, and a search --auto that chose another one starts afresh) into
     ``workspace`` as the finished checkpoint of ``search --auto``'s ``reward`` loop:
     its final logits and history at the last iteration, with the loop's forwards. The
     search then resumes there (``stvcli.stages.reinforce``) and runs everything after
@@ -75,7 +76,8 @@ def seed_finished_search(workspace: Path, config: SearchConfig, reward: str, rec
     loop_forwards = config.iterations * config.samples * config.queries_per_iteration
     space.save(f"search-state-{reward}",
                {"logits": logits, "exp_avg": torch.zeros_like(logits), "exp_avg_sq": torch.zeros_like(logits)},
-               settings={**start.settings, "reward": reward}, provenance=Provenance.of(start.upstream),
+               settings={**start.settings, "reward": reward, "insert": vectors.meta["extra"]["insert"]},
+               provenance=Provenance.of(start.upstream),
                extra={"iteration": config.iterations, "adam_step": float(config.iterations),
                       "history": vectors.meta["extra"]["history"], "forwards": loop_forwards})
     return True

@@ -176,7 +176,8 @@ def run_search(config: SearchConfig) -> SearchResult:
             queries_per_iteration=config.queries_per_iteration, lr=config.lr, seed=config.seed,
             label=f"search ({reward})" if several else "search",
             checkpoint=Checkpoint(workspace, f"search-state-{reward}" if several else "search-state",
-                                  {**settings, "reward": reward}, provenance, config.checkpoint_every, meter),
+                                  {**settings, "reward": reward, "insert": config.insert}, provenance,
+                                  config.checkpoint_every, meter),
             quiet=config.quiet,
         )
         searches.append(Searched(reward, policy, score, history, select_final(policy, choices, holdout, score, config)))

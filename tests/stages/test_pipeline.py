@@ -148,7 +148,10 @@ def test_auto_search_interrupted_in_its_second_search_resumes_to_the_same_result
             run_search(config)
     space = Workspace(workspace)
     assert space.path("search-state-first-token").exists() and space.path("search-state-complete").exists()
+    # a checkpoint names the insertion --auto chose: one searched under another insertion is never resumed
+    checkpointed = load_artifact(space.path("search-state-complete"), "search-state-complete").settings["insert"]
     resumed = run_search(config)
+    assert space.load("vectors").meta["extra"]["insert"] == checkpointed
     assert not [p.name for p in workspace.iterdir() if p.name.startswith("search-state")]
     fresh = run_search(config.model_copy(update={"force": True}))
     assert torch.equal(resumed.choices, fresh.choices) and torch.allclose(resumed.logits, fresh.logits, atol=1e-5)

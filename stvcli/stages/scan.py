@@ -269,6 +269,7 @@ def _write_scan(workspace: Workspace, config: ScanConfig, adapter: ModelAdapter,
     by_mode = {mode: shares.cat(f"scores_{mode}") for mode in SENSITIVITIES}  # [N, L, H] each
     auto = None
     sensitivity = config.sensitivity
+    stats = shares.stats
     if config.auto:
         from stvcli.stages.auto import choose_locations
 
@@ -276,6 +277,8 @@ def _write_scan(workspace: Workspace, config: ScanConfig, adapter: ModelAdapter,
                                 k, {q.uid for q in queries}, config)
         sensitivity, k = auto["chosen"]["sensitivity"], auto["chosen"]["top_k"]
         causal = auto.pop("causal_scores")
+        # the candidates' checks are part of what the scan cost (build budgets compare methods by forwards)
+        stats = {**stats, "forwards": int(stats.get("forwards", 0)) + auto["forwards"], "auto_forwards": auto["forwards"]}
     per_query = by_mode.get(sensitivity, by_mode["l2"])  # causal has no per-query scores
     scores = causal if sensitivity == "causal" else per_query.mean(0)
     locations = top_locations(scores, k)
@@ -296,11 +299,11 @@ def _write_scan(workspace: Workspace, config: ScanConfig, adapter: ModelAdapter,
         settings=settings,
         provenance=provenance,
         seed=config.seed,
-        extra={"stats": shares.stats, "n_queries": n, "query_uids": [q.uid for q in queries],
+        extra={"stats": stats, "n_queries": n, "query_uids": [q.uid for q in queries],
                "sensitivity": sensitivity, "top_k": k, **({"auto": auto} if auto else {})},
     )
     ranks = f" on {dist.world_size()} ranks" if dist.world_size() > 1 else ""
     chosen = f" ({sensitivity}, chosen by --auto: {auto['why']})" if auto else ""
     say(f"scan: {n} queries x 2 forwards{ranks}, top {k} of {scores.numel()} heads{chosen} -> "
         f"{workspace.path('scan')}", config.quiet)
-    return ScanResult(scores, locations, False, shares.stats)
+    return ScanResult(scores, locations, False, stats)

@@ -332,6 +332,7 @@ def test_auto_scan_and_search_choose_on_support_data_and_say_why(bed, workspace)
     assert auto["candidates"][0]["reward"] == max(row["reward"] for row in auto["candidates"])
     assert (extra["sensitivity"], extra["top_k"]) == (chosen["sensitivity"], chosen["top_k"])
     assert len(scan.locations) == chosen["top_k"] and "unused support queries" in auto["why"]
+    assert extra["stats"]["forwards"] == 2 * 8 + auto["forwards"] and auto["forwards"] > 0  # the checks count
     run_bank(BankConfig(workspace=workspace, clusters=4, contexts=8, quiet=True))
     run_search(SearchConfig(workspace=workspace, iterations=2, samples=4, holdout=4, auto=True, quiet=True))
     vectors = Workspace(workspace).load("vectors").meta["extra"]

@@ -17,6 +17,8 @@ import json
 import time
 from pathlib import Path
 
+from stv_vs_mtv import paired_cell
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -47,10 +49,8 @@ def table(results: dict) -> str:
              "|" + "---|" * (len(methods) + 3)]
     for seed, row in rows.items():
         diff = row["paired"].get("stv - mtv")
-        paired = (f"{100 * diff['difference']:+.1f} [{100 * diff['ci_low']:+.1f}, {100 * diff['ci_high']:+.1f}], "
-                  f"p={diff['p_value']:.2g}") if diff else "-"
         lines.append(f"| {seed} | " + " | ".join(cell(row["results"][m]) for m in methods)
-                     + f" | {paired} | {row['search_auto'].get('kept')} |")
+                     + f" | {paired_cell(diff)} | {row['search_auto'].get('kept')} |")
     return "\n".join(lines)
 
 

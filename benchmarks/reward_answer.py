@@ -39,6 +39,7 @@ from pathlib import Path
 
 import torch
 
+from stv_vs_mtv import accuracy_cell as cell, paired_cell
 from stvcli.metrics import paired_difference
 from stvcli.stages.config import EvalConfig, SearchConfig
 from stvcli.stages.evaluate import run_eval
@@ -125,12 +126,6 @@ def run_task(name: str, sweep_root: Path, root: Path, sweep: dict, reward: str,
 
 def table(results: dict, sweep: dict) -> str:
     """Accuracy % [95% CI] against 16-shot ICL, MTV, mean-at-stv and first-token STV (same items)."""
-    def cell(x: dict) -> str:
-        return f"{100 * x['accuracy']:.0f} [{100 * x['ci_low']:.0f}, {100 * x['ci_high']:.0f}]"
-
-    def diff(p: dict) -> str:
-        return f"{100 * p['difference']:+.1f} [{100 * p['ci_low']:+.1f}, {100 * p['ci_high']:+.1f}], p={p['p_value']:.2g}"
-
     lines = ["| task | n | icl:16 | MTV (faithful) | mean-at-stv | STV chosen, first-token | STV chosen, this reward | "
              "this - first-token | this - MTV | this / icl:16 |", "|" + "---|" * 10]
     for name, row in results.items():
@@ -139,8 +134,8 @@ def table(results: dict, sweep: dict) -> str:
         icl = next(v for k, v in paper.items() if k.startswith("icl:") and k != "icl:4")
         mine, paired = row["stv(answer)"], row["paired"]
         lines.append(f"| {name} | {mine['n']} | {cell(icl)} | {cell(paper['mtv'])} | {cell(chosen['mean-at-stv'])} | "
-                     f"{cell(chosen['stv'])} | {cell(mine)} | {diff(paired['stv(answer) - stv(first-token)'])} | "
-                     f"{diff(paired['stv(answer) - mtv'])} | {mine['accuracy'] / icl['accuracy']:.2f} |")
+                     f"{cell(chosen['stv'])} | {cell(mine)} | {paired_cell(paired['stv(answer) - stv(first-token)'])} | "
+                     f"{paired_cell(paired['stv(answer) - mtv'])} | {mine['accuracy'] / icl['accuracy']:.2f} |")
     return "\n".join(lines)
 
 
@@ -148,9 +143,6 @@ def full_table(results: dict, sweep: dict) -> str:
     """The issue's table, one row per task of the sweep: every method of the sweep with
     STV (auto) from this run; a task this run did not reach shows the sweep's chosen
     STV (first-token reward only) and says so in the "kept" column."""
-    def cell(x: dict) -> str:
-        return f"{100 * x['accuracy']:.0f} [{100 * x['ci_low']:.0f}, {100 * x['ci_high']:.0f}]"
-
     lines = ["| task | n | zero-shot | icl:4 | icl:max | MTV (faithful) | STV (paper) | STV (auto) | mean-at-stv | "
              "kept | STV (auto) - MTV [95% CI], p | STV (auto) / icl:max | build forwards MTV / STV paper / STV auto |",
              "|" + "---|" * 13]
@@ -170,8 +162,7 @@ def full_table(results: dict, sweep: dict) -> str:
         lines.append(
             f"| {name} | {mine['n']} | {cell(paper['zero-shot'])} | {cell(paper['icl:4'])} | {cell(icl)} | "
             f"{cell(paper['mtv'])} | {cell(paper['stv'])} | {cell(mine)} | {cell(chosen['mean-at-stv'])} | "
-            f"{kept} | {100 * diff['difference']:+.1f} [{100 * diff['ci_low']:+.1f}, "
-            f"{100 * diff['ci_high']:+.1f}], p={diff['p_value']:.2g} | {ratio} | {budget} |")
+            f"{kept} | {paired_cell(diff)} | {ratio} | {budget} |")
     return "\n".join(lines)
 
 

@@ -157,13 +157,12 @@ def table(results: dict) -> str:
         task = next(iter(row["paper"]["results"]))
         paper, chosen = row["paper"]["results"][task], row["chosen"]["results"][task]
         icl_max = next(m for m in paper if m.startswith("icl:") and m != "icl:4")
-        cells = [_cell(paper["zero-shot"]), _cell(paper["icl:4"]), _cell(paper[icl_max]), _cell(paper["mtv"]),
-                 _cell(paper["stv"]), _cell(chosen["stv"]), _cell(chosen["mean-at-stv"])]
+        cells = [accuracy_cell(x) for x in (paper["zero-shot"], paper["icl:4"], paper[icl_max], paper["mtv"],
+                                            paper["stv"], chosen["stv"], chosen["mean-at-stv"])]
         diff = row["paired_chosen"].get("stv(chosen) - mtv")
-        paired = (f"{100 * diff['difference']:+.1f} [{100 * diff['ci_low']:+.1f}, {100 * diff['ci_high']:+.1f}], "
-                  f"p={diff['p_value']:.2g}") if diff else "-"
         budget = " / ".join(str(m.get("build_forwards", "-")) for m in (paper["mtv"], paper["stv"], chosen["stv"]))
-        lines.append(f"| {name} | {paper['zero-shot']['n']} | " + " | ".join(cells) + f" | {paired} | {budget} |")
+        lines.append(f"| {name} | {paper['zero-shot']['n']} | " + " | ".join(cells)
+                     + f" | {paired_cell(diff)} | {budget} |")
     return "\n".join(lines)
 
 
@@ -192,7 +191,15 @@ def diagnostics_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def _cell(summary: dict) -> str:
+def paired_cell(diff: dict | None) -> str:
+    """A paired difference in points with its 95% interval and p-value ("-" when absent)."""
+    if not diff:
+        return "-"
+    return (f"{100 * diff['difference']:+.1f} [{100 * diff['ci_low']:+.1f}, {100 * diff['ci_high']:+.1f}], "
+            f"p={diff['p_value']:.2g}")
+
+
+def accuracy_cell(summary: dict) -> str:
     return f"{100 * summary['accuracy']:.0f} [{100 * summary['ci_low']:.0f}, {100 * summary['ci_high']:.0f}]"
 
 

@@ -32,10 +32,7 @@ def generate_and_score(adapter: ModelAdapter, task: Task, items: Sequence[Item],
         with meter.forward(len(chunk)):
             return generate(adapter, chunk, task.max_new_tokens, intervention, task.answer_final)
 
-    generations = run_batched(run, list(prompts), batch_size, on_batch)
-    predictions = [task.extract(generation) for generation in generations]
-    scores = [float(task.score(prediction, item)) for prediction, item in zip(predictions, items, strict=True)]
-    return Generated(generations, predictions, scores)
+    return scored(task, items, run_batched(run, list(prompts), batch_size, on_batch))
 
 
 def generate_and_score_each(adapter: ModelAdapter, task: Task, items: Sequence[Item], prompts: Sequence[str],
@@ -52,10 +49,11 @@ def generate_and_score_each(adapter: ModelAdapter, task: Task, items: Sequence[I
         return list(zip(*texts, strict=True))  # per row, one generation per intervention
 
     rows = run_batched(run, list(prompts), batch_size, on_batch)
-    out = []
-    for index in range(len(interventions)):
-        generations = [row[index] for row in rows]
-        predictions = [task.extract(generation) for generation in generations]
-        scores = [float(task.score(prediction, item)) for prediction, item in zip(predictions, items, strict=True)]
-        out.append(Generated(generations, predictions, scores))
-    return out
+    return [scored(task, items, [row[index] for row in rows]) for index in range(len(interventions))]
+
+
+def scored(task: Task, items: Sequence[Item], generations: list[str]) -> Generated:
+    """Each generation's extracted answer, scored against its own item by the task's metric."""
+    predictions = [task.extract(generation) for generation in generations]
+    scores = [float(task.score(prediction, item)) for prediction, item in zip(predictions, items, strict=True)]
+    return Generated(generations, predictions, scores)

@@ -9,8 +9,8 @@ token (or the answer's log-likelihood). Final vectors: the per-location argmax o
 theta, or the best of N draws, on a held-out support slice; with the mean choice the
 final pick is never worse there than the policy's start (the mean everywhere). With
 ``--auto`` one search runs per reward and the pick whose generations answer most
-hold-out queries (or the mean start, if it answers more) is kept (``judge_searches``). The search checkpoints its state and
-resumes from it when rerun.
+hold-out queries (or the mean start, if it answers more) is kept (``judge_searches``).
+The search checkpoints its state and resumes from it when rerun.
 """
 
 from __future__ import annotations
@@ -165,12 +165,12 @@ def run_search(config: SearchConfig) -> SearchResult:
     choices = Choices.from_bank(bank_artifact["bank"], bank_artifact["counts"], config)
     provenance = Provenance.of(bank_artifact)
     searches = []
+    several = len(rewards) > 1
     for reward in rewards:
         score = CandidateScorer(adapter, task_data.task,
                                 lambda draws: choices.intervention(locations, baseline, draws, config.insert),
                                 reward, meter, config.batch_size)
         policy = CategoricalPolicy(choices.logits)
-        several = len(rewards) > 1
         history = reinforce(
             policy, score, train, iterations=config.iterations, samples=config.samples,
             queries_per_iteration=config.queries_per_iteration, lr=config.lr, seed=config.seed,

@@ -84,7 +84,16 @@ def image_host() -> Iterator[ImageHost]:
         def log_message(self, *args) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    class Server(http.server.ThreadingHTTPServer):
+        # Join handler threads on close (a /slow reply finishes before the next test)
+        # and stay quiet when a client hangs up on purpose: socketserver's default
+        # handle_error prints to whatever sys.stderr is then, e.g. another test's CliRunner.
+        daemon_threads = False
+
+        def handle_error(self, request, client_address) -> None:
+            pass
+
+    server = Server(("127.0.0.1", 0), Handler)
     host = ImageHost(server.server_address[1])
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

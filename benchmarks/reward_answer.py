@@ -17,8 +17,10 @@ generations often repeat ("came to came to ...") where ICL stops after "came".
     .venv/bin/python benchmarks/reward_answer.py --table --out benchmarks/results/reward_complete_text.json
 
 ``--reward auto``: what ``search --auto`` does now: one search per reward in
-``--auto-rewards`` (first-token and complete); of their picks and the mean start, the
-one whose generations answer most held-out support queries is kept (docs/method.md §4.8).
+``--auto-rewards`` (first-token and complete); of their picks and the mean start, each
+written at every token or at the last prompt token only (``--auto-write-at``), the one
+whose generations answer most held-out support queries is kept (docs/method.md §4.8).
+``--previous ROOT`` pairs this STV with another run's (e.g. before a change) on the same items.
 
     .venv/bin/python benchmarks/reward_answer.py --reward auto --out benchmarks/results/auto_reward_text.json \
         --tasks antonym capital comparative continent digits-to-words first-letter french gerund past-tense plural successor
@@ -85,7 +87,8 @@ def seed_finished_search(workspace: Path, config: SearchConfig, reward: str, rec
 
 
 def run_task(name: str, sweep_root: Path, root: Path, sweep: dict, reward: str,
-             replay: dict[str, Path] | None = None, iterations: int | None = None) -> dict:
+             replay: dict[str, Path] | None = None, iterations: int | None = None,
+             previous: Path | None = None) -> dict:
     row = sweep[name]
     sizes, task = row["sizes"], next(iter(row["paper"]["results"]))
     source, workspace = sweep_root / name / "chosen", root / name
@@ -107,6 +110,8 @@ def run_task(name: str, sweep_root: Path, root: Path, sweep: dict, reward: str,
     first = scores(source / f"samples_{task}.jsonl", "stv")
     others = {"stv(first-token)": first, "mean-at-stv": scores(source / f"samples_{task}.jsonl", "mean-at-stv"),
               "mtv": scores(sweep_root / name / "paper" / f"samples_{task}.jsonl", "mtv")}
+    if previous is not None and (previous / name / f"samples_{task}.jsonl").exists():
+        others["previous"] = scores(previous / name / f"samples_{task}.jsonl", "stv")
     ids = sorted(answer)
     vectors = Workspace(workspace).load("vectors").meta["extra"]
     return {
@@ -116,6 +121,7 @@ def run_task(name: str, sweep_root: Path, root: Path, sweep: dict, reward: str,
                    for k, v in others.items() if set(v) == set(ids)},
         "insert": vectors.get("auto", {}).get("insert"),
         "kept": vectors.get("auto", {}).get("judged", {}).get("kept"),
+        "write_at": vectors.get("write_at", "every"),
         "holdout_accuracy": vectors.get("auto", {}).get("judged", {}).get("holdout_accuracy"),
         "search_forwards": vectors.get("stats", {}).get("forwards"),
         "diagnostics": vectors.get("diagnostics"),
@@ -155,6 +161,8 @@ def full_table(results: dict, sweep: dict) -> str:
         if name in results:
             mine, diff, kept = (results[name]["stv(answer)"], results[name]["paired"]["stv(answer) - mtv"],
                                 results[name].get("kept", "-"))
+            if "write_at" in results[name]:
+                kept = f"{kept} @ {results[name]['write_at']}"
         else:
             mine, diff, kept = chosen["stv"], row["paired_chosen"]["stv(chosen) - mtv"], "first-token (not rerun)"
         ratio = f"{mine['accuracy'] / icl['accuracy']:.2f}" if icl["accuracy"] else "-"
@@ -178,6 +186,8 @@ def main() -> None:
     parser.add_argument("--root", type=Path, default=None, help="default: runs/reward_<reward>")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--iterations", type=int, default=None, help="search iterations (default: the sweep's)")
+    parser.add_argument("--previous", type=Path, default=None,
+                        help="another run's root: pair this STV with its STV on the same items (stv(answer) - previous)")
     parser.add_argument("--replay", nargs="*", default=[], metavar="REWARD=ROOT",
                         help="with --reward auto: resume that reward's search from the one recorded in "
                              "ROOT/<task>/vectors.safetensors (first-token=chosen: the sweep's chosen workspace)")
@@ -196,7 +206,8 @@ def main() -> None:
             key, _, folder = spec.partition("=")
             replay[key] = (args.sweep_root / name / "chosen" if folder == "chosen" else Path(folder) / name) \
                 / "vectors.safetensors"
-        results[name] = run_task(name, args.sweep_root, root, sweep, args.reward, replay, args.iterations)
+        results[name] = run_task(name, args.sweep_root, root, sweep, args.reward, replay, args.iterations,
+                                 args.previous)
         args.out.write_text(json.dumps(results, indent=1, default=str) + "\n")
         row = results[name]
         diff = row["paired"].get("stv(answer) - stv(first-token)", {})

@@ -164,6 +164,7 @@ DeviceMapOpt = Annotated[Optional[str], typer.Option("--device-map", help="Shard
 MaxMemoryOpt = Annotated[Optional[str], typer.Option("--max-memory", help="Per-device limits for --device-map, e.g. 0=70GiB,1=70GiB,cpu=200GiB (implies --device-map auto).")]
 TrustOpt = Annotated[bool, typer.Option("--trust-remote-code", help="Allow the model's own code (Qwen-VL).")]
 InsertOpt = Annotated[str, typer.Option("--insert", help="replace (paper) | add (query's own activation + offset)")]
+WRITE_AT_HELP = "every (the last prompt token and every generated token) | prompt (the last prompt token only)"
 
 
 def parse_batch_size(value: str) -> int | None:
@@ -340,6 +341,7 @@ def search_command(
     queries_per_iteration: Annotated[int, typer.Option("--queries-per-iteration", help="Support queries each candidate's reward is averaged over.")] = 4,
     reward: Annotated[str, typer.Option("--reward", help="first-token (paper) | answer (answer log-likelihood) | complete (answer, then its end: also rewards stopping)")] = "first-token",
     insert: InsertOpt = "replace",
+    write_at: Annotated[str, typer.Option("--write-at", help=f"Where the rewards write candidates: {WRITE_AT_HELP}.")] = "every",
     select: Annotated[str, typer.Option("--select", help="argmax (paper) | best-of (best of --best-of draws on held-out support items)")] = "argmax",
     holdout: Annotated[int, typer.Option("--holdout", help="Support items held out for best-of selection, the start check and the diagnostics.")] = 50,
     mean_choice: Annotated[bool, typer.Option("--mean-choice/--no-mean-choice", help="Offer each location's mean vector as a choice; the policy starts there (--mean-prior) and its pick is checked against it.")] = False,
@@ -347,6 +349,7 @@ def search_command(
     mean_prior: Annotated[float, typer.Option("--mean-prior", help="Starting probability of the mean choice.")] = 0.5,
     auto: Annotated[bool, typer.Option("--auto", help="Choose the insertion on held-out support items, search with the mean and keep choices once per --auto-rewards reward, keep the pick that answers most held-out items (recorded in the artifact).")] = False,
     auto_rewards: Annotated[str, typer.Option("--auto-rewards", help="With --auto: the rewards to search with, comma-separated; the pick whose generations score best on the hold-out wins.")] = "first-token,complete",
+    auto_write_at: Annotated[str, typer.Option("--auto-write-at", help="With --auto: write each pick at each of these positions for the hold-out judge, comma-separated (every, prompt).")] = "every,prompt",
     seed: int = 0,
     batch_size: BatchOpt = "auto",
     force: ForceOpt = False,
@@ -359,9 +362,10 @@ def search_command(
 
     result = run_search(SearchConfig(
         workspace=workspace, iterations=iterations, samples=samples, lr=lr,
-        queries_per_iteration=queries_per_iteration, reward=reward, insert=insert, select=select, holdout=holdout,
-        mean_choice=mean_choice, keep_choice=keep_choice, mean_prior=mean_prior, auto=auto,
-        auto_rewards=[r.strip() for r in auto_rewards.split(",") if r.strip()], seed=seed,
+        queries_per_iteration=queries_per_iteration, reward=reward, insert=insert, write_at=write_at, select=select,
+        holdout=holdout, mean_choice=mean_choice, keep_choice=keep_choice, mean_prior=mean_prior, auto=auto,
+        auto_rewards=[r.strip() for r in auto_rewards.split(",") if r.strip()],
+        auto_write_at=[w.strip() for w in auto_write_at.split(",") if w.strip()], seed=seed,
         batch_size=parse_batch_size(batch_size), force=force, quiet=quiet))
     emit({"stage": "search", "reused": result.reused, "final_reward": result.rewards[-1] if result.rewards else None,
           "stats": result.stats, "artifact": str(workspace / "vectors.safetensors")}, as_json)
@@ -377,6 +381,7 @@ def eval_command(
     output_path: Annotated[Optional[Path], typer.Option("--output-path", help="Directory for results.json (default: the workspace).")] = None,
     log_samples: Annotated[bool, typer.Option("--log-samples", help="Also write samples_<task>.jsonl.")] = False,
     insert: Annotated[Optional[str], typer.Option("--insert", help="Override the insertion mode the vectors were searched with.")] = None,
+    write_at: Annotated[Optional[str], typer.Option("--write-at", help=f"Override where the vectors are written: {WRITE_AT_HELP}.")] = None,
     metric_variant: Annotated[str, typer.Option("--metric-variant", help="VQA normalisation: standard | lavis | official")] = "standard",
     mtv_iterations: Annotated[int, typer.Option("--mtv-iterations", help="MTV REINFORCE iterations (paper: 600).")] = 600,
     mtv_threshold: Annotated[Optional[float], typer.Option("--mtv-threshold", help="MTV's final draws skip heads below this probability (default: the official code's, 0.8 for Idefics2, else none).")] = None,
@@ -400,7 +405,8 @@ def eval_command(
         raise StvError("--data needs --task")
     config = EvalConfig(
         workspace=workspace, vectors=vectors, methods=[m for m in methods.split(",") if m.strip()], limit=limit,
-        output_path=output_path, log_samples=log_samples, insert=insert, metric_variant=metric_variant, seed=seed,
+        output_path=output_path, log_samples=log_samples, insert=insert, write_at=write_at,
+        metric_variant=metric_variant, seed=seed,
         batch_size=parse_batch_size(batch_size), force=force, quiet=quiet,
         model=model_options(model, "auto", "auto", device_map, None, max_memory,
                             trust_remote_code=trust_remote_code) if model else None,
@@ -497,6 +503,7 @@ def serve_command(
     max_queue: Annotated[int, typer.Option("--max-queue", help="Waiting requests before answering 503.")] = 256,
     allow_remote_images: Annotated[bool, typer.Option("--allow-remote-images", help="Fetch http(s) image URLs.")] = False,
     insert: Annotated[Optional[str], typer.Option("--insert", help="Override the vectors' insertion mode.")] = None,
+    write_at: Annotated[Optional[str], typer.Option("--write-at", help=f"Override where the vectors are written: {WRITE_AT_HELP}.")] = None,
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = "auto",
     chat_template: Annotated[Optional[bool], typer.Option("--chat-template/--no-chat-template", help="Wrap prompts in the model's chat template (default: the family's choice).")] = None,
@@ -507,7 +514,8 @@ def serve_command(
 
     serve(ServeConfig(vectors=vectors, model=model, host=host, port=port, api_key=api_key, max_batch=max_batch,
                       max_image_bytes=max_image_bytes, max_body_bytes=max_body_bytes, max_queue=max_queue,
-                      allow_remote_images=allow_remote_images, insert=insert, dtype=dtype, device=device,
+                      allow_remote_images=allow_remote_images, insert=insert, write_at=write_at, dtype=dtype,
+                      device=device,
                       chat_template=chat_template, trust_remote_code=trust_remote_code))
 
 

@@ -8,7 +8,8 @@ the model's own modules run unchanged.
 Positions: prompts are left padded, so the last prompt token of every row is position
 -1 of a prefill pass. Insertion writes that position (or the last ``trailing[b]``
 positions when answer tokens follow the prompt) and the single position of every
-decode step (seq = 1). Because attention is causal, nothing before the last prompt
+decode step (seq = 1); with ``write_at="prompt"`` only the last prompt token (the
+first column of the tail, in the first forward inside the block). Because attention is causal, nothing before the last prompt
 token depends on the inserted vectors: a prefix can be computed once (KV cache) and
 shared by many candidates, which is what ``stvcli.prefix`` relies on.
 """
@@ -25,6 +26,7 @@ import torch
 from stvcli.models.base import ModelAdapter
 
 InsertMode = Literal["replace", "add"]
+WriteAt = Literal["every", "prompt"]  # every: the last prompt token and every token after; prompt: that token only
 
 
 def all_locations(n_layers: int, n_heads: int) -> torch.Tensor:
@@ -143,6 +145,7 @@ def inserting(
     mode: InsertMode = "replace",
     trailing: torch.Tensor | None = None,
     row_mask: torch.Tensor | None = None,
+    write_at: WriteAt = "every",
 ) -> Iterator[None]:
     """Write ``vectors`` into the head slices at ``locations`` for every forward inside.
 
@@ -152,11 +155,17 @@ def inserting(
     (default 1, the last prompt token); decode steps (seq = 1) always write their token.
     row_mask: [B, K] bool; where False that row keeps its own activation at that
     location (MTV's search inserts a different head subset per row).
+    write_at: ``every`` writes the whole tail and every decode step; ``prompt`` writes
+    only the last prompt token: the first column of the tail, in the first forward
+    inside the block (a generation's prefill, or its last-prompt-token step over a
+    shared prefix); later forwards (decode steps) run unedited.
     """
     locations = torch.as_tensor(locations, dtype=torch.long)
     _check_locations(adapter, locations)
     if mode not in ("replace", "add"):
         raise ValueError(f"unknown insertion mode {mode!r}")
+    if write_at not in ("every", "prompt"):
+        raise ValueError(f"unknown write position {write_at!r}")
     if vectors.shape[-2:] != (len(locations), adapter.head_dim) or vectors.ndim not in (2, 3):
         raise ValueError(
             f"vectors must be [K, D] or [B, K, D] with K={len(locations)}, D={adapter.head_dim}; "
@@ -174,6 +183,7 @@ def inserting(
         selected = vectors.index_select(-2, rows.to(vectors.device))
         selected_keep = None if row_mask is None else row_mask.index_select(1, rows.to(row_mask.device))
         placed: dict[tuple[torch.device, torch.dtype], tuple] = {}
+        calls = [0]
 
         def place(device: torch.device, dtype: torch.dtype):
             if (device, dtype) not in placed:
@@ -187,6 +197,9 @@ def inserting(
             return placed[(device, dtype)]
 
         def hook(module, args):
+            calls[0] += 1
+            if write_at == "prompt" and calls[0] > 1:
+                return None
             x = args[0]
             device = x.device
             heads, values, tail, keep = place(device, x.dtype)
@@ -208,7 +221,8 @@ def inserting(
                     slot[:, heads] = torch.where(keep, new, current)
             else:
                 positions = torch.arange(seq, device=device)
-                mask = (positions[None, :] >= seq - tail[:, None])[:, :, None, None]  # [B, T, 1, 1]
+                first = positions[None, :] == seq - tail[:, None]
+                mask = (first if write_at == "prompt" else positions[None, :] >= seq - tail[:, None])[:, :, None, None]
                 current = view[:, :, heads]  # [B, T, k, D] copy
                 new = values.unsqueeze(-3)  # [(B,) 1, k, D]
                 if mode == "add":
@@ -237,12 +251,13 @@ class Intervention:
     vectors: torch.Tensor
     mode: InsertMode = "replace"
     row_mask: torch.Tensor | None = None  # [B, K] bool
+    write_at: WriteAt = "every"
 
     def rows(self, index: slice) -> "Intervention":
         """The intervention for a slice of the batch (per-row vectors and masks are sliced)."""
         vectors = self.vectors[index] if self.vectors.ndim == 3 else self.vectors
         mask = None if self.row_mask is None else self.row_mask[index]
-        return Intervention(self.locations, vectors, self.mode, mask)
+        return Intervention(self.locations, vectors, self.mode, mask, self.write_at)
 
 
 @contextmanager
@@ -252,6 +267,7 @@ def applied(adapter: ModelAdapter, intervention: Intervention | None, trailing: 
         yield
         return
     with inserting(
-        adapter, intervention.locations, intervention.vectors, intervention.mode, trailing, intervention.row_mask
+        adapter, intervention.locations, intervention.vectors, intervention.mode, trailing, intervention.row_mask,
+        intervention.write_at,
     ):
         yield

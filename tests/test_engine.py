@@ -233,6 +233,61 @@ def test_trailing_writes_last_n_positions_per_row(family, tiny, tiny_prompts):
         assert torch.equal(got[row], expected)
 
 
+def test_write_at_prompt_writes_the_first_tail_column_only(family, tiny, tiny_prompts):
+    adapter = tiny(family)
+    d = adapter.head_dim
+    inputs = adapter.encode(tiny_prompts(family))
+    batch, seq = inputs["input_ids"].shape
+    before = plain_inputs(adapter, family, inputs)
+    trailing = torch.tensor([1, 3, 2])[:batch]
+    layer, h = 0, 2  # layer 0: its o_proj inputs do not depend on its own edit
+    vectors = torch.randn(batch, 1, d, generator=torch.Generator().manual_seed(5))
+    with inserting(adapter, torch.tensor([[layer, h]]), vectors, trailing=trailing, write_at="prompt"):
+        with recording(adapter, family) as calls:
+            forward(adapter, inputs)
+    got = calls[layer][0]
+    for row in range(batch):
+        n = int(trailing[row])
+        expected = before[layer][row].clone()
+        expected[seq - n, h * d : (h + 1) * d] = vectors[row, 0]
+        assert torch.equal(got[row], expected)
+
+
+def test_write_at_prompt_leaves_decode_steps_alone(family, tiny, tiny_prompts):
+    adapter = tiny(family)
+    d = adapter.head_dim
+    inputs = adapter.encode(tiny_prompts(family)[:2])
+    layer, h = 0, 0
+    vector = torch.randn(1, d, generator=torch.Generator().manual_seed(3)) * 100
+    new_tokens = 3
+    with applied(adapter, Intervention(torch.tensor([[layer, h]]), vector, write_at="prompt")), \
+            recording(adapter, family) as calls:
+        with torch.no_grad():
+            out = adapter.model.generate(
+                **inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0
+            )
+    steps = calls[layer]
+    assert len(steps) == new_tokens and all(step.shape[1] == 1 for step in steps[1:])
+    assert torch.equal(head(steps[0][:, -1], h, d), vector.expand(2, d))
+    assert not any(torch.equal(head(step[:, -1], h, d), vector.expand(2, d)) for step in steps[1:])
+    assert no_hooks_left(adapter)
+    if family.startswith("qwen2"):  # M-RoPE decode positions need generate's own bookkeeping
+        return
+    # the same as a prefill with the vector, then decode steps without it
+    with torch.no_grad():
+        with inserting(adapter, torch.tensor([[layer, h]]), vector):
+            prefill = adapter.model(**inputs, use_cache=True)
+        token = prefill.logits[:, -1].argmax(-1, keepdim=True)
+        cache, mask, tokens = prefill.past_key_values, inputs["attention_mask"], [token]
+        for _ in range(new_tokens - 1):
+            mask = torch.cat([mask, torch.ones_like(token)], 1)
+            step = adapter.model(input_ids=token, attention_mask=mask, past_key_values=cache, use_cache=True)
+            cache, token = step.past_key_values, step.logits[:, -1].argmax(-1, keepdim=True)
+            tokens.append(token)
+    assert torch.equal(out[:, inputs["input_ids"].shape[1]:], torch.cat(tokens, 1))
+    assert no_hooks_left(adapter)
+
+
 def test_row_mask_keeps_own_activation(family, tiny, tiny_prompts):
     adapter = tiny(family)
     d = adapter.head_dim

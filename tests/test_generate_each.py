@@ -20,7 +20,8 @@ def _interventions(adapter, seed=0):
     locations = torch.tensor([[0, 1], [1, 2], [1, 0]])
     return [None,
             Intervention(locations, 3 * torch.randn(3, adapter.head_dim, generator=generator)),
-            Intervention(locations, 3 * torch.randn(3, adapter.head_dim, generator=generator), "add")]
+            Intervention(locations, 3 * torch.randn(3, adapter.head_dim, generator=generator), "add"),
+            Intervention(locations, 3 * torch.randn(3, adapter.head_dim, generator=generator), write_at="prompt")]
 
 
 def _prompt_widths(adapter, fn):
@@ -50,7 +51,7 @@ def test_generate_each_equals_one_generate_per_intervention(family):
     assert got == expected
     prefills = [w for w in widths if w > 1]
     # one prefill of the whole prompt; the other interventions start at its last token
-    assert len(prefills) == (3 if family in MROPE else 1)
+    assert len(prefills) == (len(interventions) if family in MROPE else 1)
 
 
 def test_straightforward_runs_one_full_generate_each():
@@ -58,7 +59,7 @@ def test_straightforward_runs_one_full_generate_each():
     prompts = group_prompts("llava")
     with straightforward():
         got, widths = _prompt_widths(adapter, lambda: generate_each(adapter, prompts, 4, _interventions(adapter)))
-    assert len([w for w in widths if w > 1]) == 3
+    assert len([w for w in widths if w > 1]) == len(_interventions(adapter))
     assert got == [generate(adapter, prompts, 4, i) for i in _interventions(adapter)]
 
 

@@ -24,21 +24,21 @@ ATOL = 1e-4
 ANSWERS = [" red", " cold banana", " yes"]
 
 
-def candidates(adapter, n: int, mode: str = "replace", seed: int = 0) -> Intervention:
+def candidates(adapter, n: int, mode: str = "replace", seed: int = 0, write_at: str = "every") -> Intervention:
     generator = torch.Generator().manual_seed(seed)
     locations = all_locations(adapter.n_layers, adapter.n_heads)
     vectors = torch.randn(n, len(locations), adapter.head_dim, generator=generator)
     row_mask = torch.rand(n, len(locations), generator=generator) > 0.5
-    return Intervention(locations, vectors, mode, row_mask)
+    return Intervention(locations, vectors, mode, row_mask, write_at)
 
 
 @pytest.mark.parametrize("family", TINY_FAMILIES)
-@pytest.mark.parametrize("mode", ["replace", "add"])
-def test_shared_scores_equal_full_forwards(family, mode, tiny, tiny_prompts):
+@pytest.mark.parametrize("mode, write_at", [("replace", "every"), ("add", "every"), ("replace", "prompt")])
+def test_shared_scores_equal_full_forwards(family, mode, write_at, tiny, tiny_prompts):
     adapter = tiny(family)
     assert can_share_prefix(adapter), f"{family} should share prefixes (prefix_sharing)"
     prompts = tiny_prompts(family)
-    cands = candidates(adapter, 3, mode)
+    cands = candidates(adapter, 3, mode, write_at=write_at)
     first_ref, total_ref = per_row_scores(adapter, prompts, ANSWERS, cands, 3)
     first_only = shared_answer_scores(adapter, prompts, ANSWERS, cands, 3)
     full = shared_answer_scores(adapter, prompts, ANSWERS, cands, 3, full_answer=True, batch_size=4)

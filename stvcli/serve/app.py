@@ -87,12 +87,13 @@ def create_app(
     loaded_as = config.model or adapter.name
     base_id = served_name(loaded_as)
     if vector_sets is None:
-        catalog = load_catalog(adapter, base_id, config.vectors, config.insert, loaded_as)
+        catalog = load_catalog(adapter, base_id, config.vectors, config.insert, loaded_as, config.write_at)
     else:
         sets = []
         for vectors in vector_sets:
             source = f"vectors for task {vectors.task!r}"
-            sets.append(check_vector_set(adapter, vector_set(base_id, vectors, config.insert), source))
+            sets.append(check_vector_set(adapter, vector_set(base_id, vectors, config.insert, write_at=config.write_at),
+                                         source))
         catalog = Catalog(base_id, sets, loaded_as)
     max_prompt_chars = _max_prompt_chars(adapter)
     reserved = adapter.reserved_text

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from stvcli.engine import InsertMode, Intervention
+from stvcli.engine import InsertMode, Intervention, WriteAt
 from stvcli.errors import StvError
 from stvcli.models.base import ModelAdapter
 from stvcli.serve.errors import ApiError
@@ -37,6 +37,11 @@ class VectorSet:
     @property
     def mode(self) -> InsertMode:
         return self.intervention.mode
+
+    @property
+    def batch_key(self) -> tuple[str, str]:
+        """Sets with equal keys can share a forward: the insertion mode and where it writes."""
+        return self.intervention.mode, self.intervention.write_at
 
 
 class Catalog:
@@ -78,10 +83,10 @@ class Catalog:
 
 
 def vector_set(base_id: str, vectors: TaskVectors, insert: InsertMode | None = None,
-               source: str | None = None) -> VectorSet:
+               source: str | None = None, write_at: WriteAt | None = None) -> VectorSet:
     where = source or f"vectors for task {vectors.task!r}"
     try:
-        intervention = vectors.intervention(insert)
+        intervention = vectors.intervention(insert, write_at)
     except ValueError as error:
         raise StvError(f"{where}: {error}; serve them with --insert replace") from None
     except RuntimeError as error:  # a baseline whose shape does not match the vectors
@@ -129,26 +134,28 @@ def check_vector_set(adapter: ModelAdapter, vector_set: VectorSet, source: str) 
 
 
 def load_catalog(adapter: ModelAdapter, base_id: str, paths: Sequence[Path], insert: InsertMode | None,
-                 loaded_as: str | None = None) -> Catalog:
+                 loaded_as: str | None = None, write_at: WriteAt | None = None) -> Catalog:
     """Read every vectors file, refusing those made for another model or unusable with it."""
     sets = []
     for path in paths:
         vectors = TaskVectors.load(path, fingerprint=adapter.fingerprint())
-        sets.append(check_vector_set(adapter, vector_set(base_id, vectors, insert, source=str(path)), str(path)))
+        sets.append(check_vector_set(adapter, vector_set(base_id, vectors, insert, source=str(path), write_at=write_at),
+                                     str(path)))
     return Catalog(base_id, sets, loaded_as)
 
 
 def batch_intervention(rows: Sequence[VectorSet | None]) -> Intervention | None:
     """One intervention for a batch whose row b uses ``rows[b]`` (None: the bare model).
 
-    All sets must share one insertion mode (the worker batches by mode).
+    All sets must share one insertion mode and write position (the worker batches by
+    ``VectorSet.batch_key``).
     """
     used = {id(s): s for s in rows if s is not None}
     if not used:
         return None
     sets = list(used.values())
-    if len({s.mode for s in sets}) > 1:
-        raise ValueError("one batch cannot mix insertion modes")
+    if len({s.batch_key for s in sets}) > 1:
+        raise ValueError("one batch cannot mix insertion modes or write positions")
     if len(sets) == 1 and all(s is not None for s in rows):
         return sets[0].intervention
     index: dict[tuple[int, int], int] = {}
@@ -165,4 +172,4 @@ def batch_intervention(rows: Sequence[VectorSet | None]) -> Intervention | None:
         columns = torch.tensor([index[(l, h)] for l, h in s.intervention.locations.tolist()], dtype=torch.long)
         vectors[b, columns] = s.intervention.vectors.to(vectors.dtype)
         row_mask[b, columns] = True
-    return Intervention(locations, vectors, sets[0].mode, row_mask)
+    return Intervention(locations, vectors, sets[0].mode, row_mask, sets[0].intervention.write_at)

@@ -14,7 +14,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from stvcli.config import ModelOptions
-from stvcli.engine import InsertMode
+from stvcli.engine import InsertMode, WriteAt
 from stvcli.errors import StvError
 
 API_KEY_ENV = "STV_API_KEY"
@@ -47,6 +47,7 @@ class ServeConfig(BaseModel):
     port: int = 8000  # 1..65535
     api_key: str | None = None  # None: $STV_API_KEY; neither set: no authentication
     insert: InsertMode | None = None  # None: each vectors file's own mode
+    write_at: WriteAt | None = None  # None: where each vectors file was chosen to be written
     max_batch: int = 8  # rows per forward pass
     batch_wait_ms: float = 5.0  # how long a batch waits for more requests
     max_queue: int = 256  # waiting requests beyond this get 503

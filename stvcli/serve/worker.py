@@ -264,11 +264,12 @@ class Worker:
 
 
 def split_by_mode(jobs: Sequence[Job]) -> list[list[Job]]:
-    """Groups that can share a forward: one per insertion mode, bare rows in the first."""
-    groups: dict[str, list[Job]] = {}
+    """Groups that can share a forward: one per insertion mode and write position, bare
+    rows in the first."""
+    groups: dict[tuple[str, str], list[Job]] = {}
     for job in jobs:
         if job.vector_set is not None:
-            groups.setdefault(job.vector_set.mode, []).append(job)
+            groups.setdefault(job.vector_set.batch_key, []).append(job)
     bare = [job for job in jobs if job.vector_set is None]
     ordered = list(groups.values())
     if not ordered:

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from stvcli.config import ModelOptions
 from stvcli.data.options import DataOptions
-from stvcli.engine import InsertMode
+from stvcli.engine import InsertMode, WriteAt
 
 Sensitivity = Literal["l2", "relative", "layer"]
 Positive = Annotated[int, Field(ge=1)]
@@ -93,6 +93,7 @@ class SearchConfig(StageOptions):
     queries_per_iteration: Positive = 4  # rewards averaged over this many support queries per candidate
     reward: Literal["first-token", "answer", "complete"] = "first-token"
     insert: InsertMode = "replace"
+    write_at: WriteAt = "every"  # where the rewards write the candidates (docs/method.md §5.1)
     select: Literal["argmax", "best-of"] = "argmax"
     best_of: Positive = 10  # draws scored on a held-out support slice when select = best-of
     holdout: int = Field(default=50, ge=0)  # support items held out for best-of selection, the start check and the diagnostics
@@ -108,6 +109,7 @@ class SearchConfig(StageOptions):
     # on the hold-out (docs/method.md §4.8).
     auto: bool = False
     auto_rewards: list[Literal["first-token", "answer", "complete"]] = ["first-token", "complete"]
+    auto_write_at: list[WriteAt] = ["every", "prompt"]  # --auto judges every pick written at each of these
     checkpoint_every: Positive = 25
     seed: Seed = 0
 
@@ -119,6 +121,8 @@ class SearchConfig(StageOptions):
             raise ValueError("--holdout must be at least 1 with --select best-of or --auto")
         if not self.auto_rewards or len(set(self.auto_rewards)) != len(self.auto_rewards):
             raise ValueError("--auto-rewards must name each reward at most once, e.g. first-token,complete")
+        if not self.auto_write_at or len(set(self.auto_write_at)) != len(self.auto_write_at):
+            raise ValueError("--auto-write-at must name each position at most once, e.g. every,prompt")
         return self
 
 
@@ -146,6 +150,7 @@ class EvalConfig(RunOptions):
     output_path: Path | None = None
     log_samples: bool = False
     insert: InsertMode | None = None  # None: the mode the vectors were searched with
+    write_at: WriteAt | None = None  # None: where the vectors were chosen to be written
     metric_variant: Literal["standard", "lavis", "official"] = "standard"
     seed: Seed = 0
     model: ModelOptions | None = None  # overrides (needed with --vectors only when its model is elsewhere)

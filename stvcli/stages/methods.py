@@ -18,7 +18,7 @@ from stvcli.errors import StvError
 from stvcli.registry import Registry
 
 if TYPE_CHECKING:
-    from stvcli.engine import InsertMode, Intervention
+    from stvcli.engine import InsertMode, Intervention, WriteAt
     from stvcli.models.base import ModelAdapter
     from stvcli.data.types import TaskData
     from stvcli.stages.config import EvalConfig
@@ -43,6 +43,12 @@ class MethodContext:
     def mode(self) -> InsertMode:
         """The insertion rule: ``--insert``, else the one the vectors were searched with."""
         return self.config.insert or (self.vectors.mode if self.vectors else "replace")
+
+    @property
+    def write_at(self) -> WriteAt:
+        """Where vectors are written: ``--write-at``, else where the vectors were chosen
+        to be written (the means-at-STV-locations methods follow it too)."""
+        return self.config.write_at or (self.vectors.write_at if self.vectors else "every")
 
     def need_workspace(self) -> Workspace:
         if self.workspace is None:
@@ -131,7 +137,7 @@ def _zero_shot(context: MethodContext) -> Built:
 def _stv(context: MethodContext) -> Built:
     if context.vectors is None:
         raise StvError("stv needs vectors: run `stv search` first or pass --vectors")
-    return context.vectors.intervention(context.mode), {"forwards": stage_forwards(context.workspace, "scan", "bank",
+    return context.vectors.intervention(context.mode, context.write_at), {"forwards": stage_forwards(context.workspace, "scan", "bank",
                                                                                    "vectors")}
 
 
@@ -168,7 +174,7 @@ def _mean_at_stv(context: MethodContext) -> Built:
     workspace = context.need_workspace()
     bank = workspace.load("bank", fingerprint=context.adapter.fingerprint())
     means = bank_means(bank["bank"], bank["counts"])
-    return (make_intervention(bank["locations"], means, bank["baseline"], context.mode),
+    return (make_intervention(bank["locations"], means, bank["baseline"], context.mode, write_at=context.write_at),
             {"forwards": stage_forwards(workspace, "scan", "bank")})
 
 
@@ -200,4 +206,4 @@ def _scan_means(context: MethodContext, scan: Any, locations: Any) -> Interventi
 
     vectors = scan["many_mean"][locations[:, 0], locations[:, 1]]
     baseline = scan["zero_mean"][locations[:, 0], locations[:, 1]]
-    return make_intervention(locations, vectors, baseline, context.mode)
+    return make_intervention(locations, vectors, baseline, context.mode, write_at=context.write_at)

@@ -335,7 +335,7 @@ def candidate_rewards(
         candidate_index = torch.tensor([si for _, si in chunk])
         vectors = candidates.vectors[candidate_index] if candidates.vectors.ndim == 3 else candidates.vectors
         mask = None if candidates.row_mask is None else candidates.row_mask[candidate_index]
-        intervention = Intervention(candidates.locations, vectors, candidates.mode, mask)
+        intervention = Intervention(candidates.locations, vectors, candidates.mode, mask, candidates.write_at)
         with meter.forward(len(chunk)):
             scores = answer_scores(
                 adapter, [prompts[qi] for qi, _ in chunk], [targets[qi] for qi, _ in chunk], intervention

@@ -26,7 +26,7 @@ from stvcli.config import ModelOptions
 from stvcli.console import say
 from stvcli.data.loading import load_task_data
 from stvcli.data.options import DataOptions
-from stvcli.engine import InsertMode, Intervention
+from stvcli.engine import InsertMode, Intervention, WriteAt
 from stvcli.stages.accuracy import generate_and_score_each
 from stvcli.stages.common import Meter, check_inputs, get_adapter
 from stvcli.stages.config import SearchConfig
@@ -104,24 +104,25 @@ class Choices:
         return cls(torch.cat(vectors, 1), torch.cat(logits, 1), mean_index, keep_index)
 
     def intervention(self, locations: torch.Tensor, baseline: torch.Tensor, choices: torch.Tensor,
-                     insert: InsertMode) -> Intervention:
+                     insert: InsertMode, write_at: WriteAt = "every") -> Intervention:
         """Per-row vectors for draws [S, K]; where a draw keeps, that row's head is left as it is."""
         mask = None if self.keep_index is None else choices != self.keep_index
-        return make_intervention(locations, gather_vectors(self.vectors, choices), baseline, insert, row_mask=mask)
+        return make_intervention(locations, gather_vectors(self.vectors, choices), baseline, insert, row_mask=mask,
+                                 write_at=write_at)
 
     def written(self, final: torch.Tensor) -> torch.Tensor:
         """Which locations a final pick [K] edits: [K] bool (every one that does not keep)."""
         return final != self.keep_index if self.keep_index is not None else torch.ones_like(final, dtype=torch.bool)
 
     def final_intervention(self, locations: torch.Tensor, baseline: torch.Tensor, final: torch.Tensor,
-                           insert: InsertMode) -> Intervention | None:
+                           insert: InsertMode, write_at: WriteAt = "every") -> Intervention | None:
         """What eval writes for a final pick [K]: its vectors at the locations it edits
         (None when it keeps every location)."""
         written = self.written(final)
         if not written.any():
             return None
         return make_intervention(locations[written], gather_vectors(self.vectors, final[None])[0][written],
-                                 baseline[written], insert)
+                                 baseline[written], insert, write_at=write_at)
 
     def everywhere(self, index: int | None) -> torch.Tensor | None:
         """The draw [K] choosing ``index`` at every location (None when not offered)."""
@@ -168,7 +169,8 @@ def run_search(config: SearchConfig) -> SearchResult:
     several = len(rewards) > 1
     for reward in rewards:
         score = CandidateScorer(adapter, task_data.task,
-                                lambda draws: choices.intervention(locations, baseline, draws, config.insert),
+                                lambda draws: choices.intervention(locations, baseline, draws, config.insert,
+                                                                   config.write_at),
                                 reward, meter, config.batch_size)
         policy = CategoricalPolicy(choices.logits)
         history = reinforce(
@@ -187,6 +189,7 @@ def run_search(config: SearchConfig) -> SearchResult:
         auto["judged"] = judged
         searched = next((s for s in searches if s.reward == judged["kept"]), searched)  # the mean: the first's history
         final = torch.tensor(judged["final"])
+        config = config.model_copy(update={"write_at": judged["write_at"]})
         say(f"search: --auto kept {judged['why']}", config.quiet)
     policy, score, history = searched.policy, searched.score, searched.history
     diagnostics = diagnose(choices, final, holdout or train[: config.holdout], score, config, history, locations)
@@ -205,7 +208,7 @@ def run_search(config: SearchConfig) -> SearchResult:
             extra={"stats": stats, "rewards": history.rewards, "history": history.as_dict(),
                    "diagnostics": diagnostics, "queries": queries.record(),
                    "choice_indices": {"mean": choices.mean_index, "keep": choices.keep_index},
-                   "insert": config.insert, **({"auto": auto} if auto else {})},
+                   "insert": config.insert, "write_at": config.write_at, **({"auto": auto} if auto else {})},
         )
         for kind in ("search-state", *(f"search-state-{reward}" for reward in rewards)):
             workspace.discard(kind)
@@ -230,21 +233,29 @@ class Searched:
 def judge_searches(adapter, task, searches: list[Searched], choices: Choices, locations: torch.Tensor,
                    baseline: torch.Tensor, holdout: list, config: SearchConfig, meter: Meter) -> dict[str, Any]:
     """``--auto``: each search's final pick, and the mean vector everywhere (the searches'
-    common start), generate answers to the hold-out queries, scored by the task's
-    metric; the best mean score wins, ties going to the earlier candidate (the rewards
-    in ``--auto-rewards`` order, then the mean). Picks are judged by what eval measures
+    common start), each written at every position in ``auto_write_at``, generate answers
+    to the hold-out queries, scored by the task's metric; the best mean score wins, ties
+    going to the earlier candidate (the rewards in ``--auto-rewards`` order, then the
+    mean; for each, the positions in order). Picks are judged by what eval measures
     because no reward can: the first-token reward cannot see an answer that does not
     stop, and a pick can beat the mean on its reward yet answer fewer queries."""
     picks = {searched.reward: searched.final for searched in searches}
     start = choices.everywhere(choices.mean_index)
     if start is not None:
         picks["mean"] = start
-    interventions = [choices.final_intervention(locations, baseline, pick, config.insert) for pick in picks.values()]
-    accuracy = dict(zip(picks, holdout_accuracy(adapter, task, holdout, interventions, meter, config.batch_size)))
-    best = max(accuracy, key=lambda name: (accuracy[name], -list(accuracy).index(name)))
-    others = ", ".join(f"{name} {value:.1%}" for name, value in accuracy.items() if name != best)
-    return {"kept": best, "final": picks[best].tolist(), "tried": list(accuracy), "holdout_accuracy": accuracy,
-            "why": f"{best} answers {accuracy[best]:.1%} of {len(holdout)} held-out support queries ({others})",
+    several = len(config.auto_write_at) > 1
+    tried = [(name, write_at) for name in picks for write_at in config.auto_write_at]
+    labels = [f"{name}@{write_at}" if several else name for name, write_at in tried]
+    interventions = [choices.final_intervention(locations, baseline, picks[name], config.insert, write_at)
+                     for name, write_at in tried]
+    accuracy = dict(zip(labels, holdout_accuracy(adapter, task, holdout, interventions, meter, config.batch_size)))
+    best = max(range(len(tried)), key=lambda i: (accuracy[labels[i]], -i))
+    kept, write_at = tried[best]
+    others = ", ".join(f"{label} {value:.1%}" for label, value in accuracy.items() if label != labels[best])
+    return {"kept": kept, "write_at": write_at, "final": picks[kept].tolist(), "tried": labels,
+            "holdout_accuracy": accuracy,
+            "why": f"{labels[best]} answers {accuracy[labels[best]]:.1%} of {len(holdout)} held-out support queries "
+                   f"({others})",
             "searches": {s.reward: {"rewards": s.history.rewards, "choices": s.final.tolist()} for s in searches}}
 
 
@@ -271,7 +282,8 @@ def _auto_options(adapter, task, bank_artifact, queries: list, config: SearchCon
     means = bank_means(bank_artifact["bank"], bank_artifact["counts"])  # [K, D]
     rewards = {}
     for mode in ("add", "replace"):
-        candidate = make_intervention(bank_artifact["locations"], means, bank_artifact["baseline"], mode)
+        candidate = make_intervention(bank_artifact["locations"], means, bank_artifact["baseline"], mode,
+                                      write_at=config.write_at)
         rewards[mode] = float(dist.gather_shares(1, lambda a, b: candidate_rewards(  # one rank runs it
             adapter, task, queries, candidate, b - a, config.reward, meter, config.batch_size))[0])
     choice = choose_insert(rewards)

@@ -159,3 +159,25 @@ def _sse_text(lines: list[str]) -> list[str]:
             assert "error" not in chunk
             out.extend(choice["delta"].get("content") or "" for choice in chunk["choices"])
     return out
+
+
+def test_write_positions_are_split_and_served_as_generate_writes_them(served: Served) -> None:
+    class FakeJob:
+        def __init__(self, vector_set_: VectorSet | None) -> None:
+            self.vector_set = vector_set_
+
+    demo = served.vectors["demo"]
+    every, prompt_only = vector_set("base", demo), vector_set("base", demo, write_at="prompt")
+    assert prompt_only.intervention.write_at == "prompt" and every.batch_key != prompt_only.batch_key
+    groups = split_by_mode([FakeJob(every), FakeJob(prompt_only), FakeJob(None)])
+    assert [[j.vector_set and j.vector_set.intervention.write_at for j in g] for g in groups] == [
+        [None, "every"], ["prompt"]]
+    with pytest.raises(ValueError, match="write positions"):
+        batch_intervention([every, prompt_only])
+    prompt, max_tokens = Prompt("the lazy dog"), 6
+    rows = [Row(prompt, max_tokens) for _ in range(2)]
+    results = generate_rows(served.adapter, served.adapter.encode([prompt] * 2), rows,
+                            batch_intervention([None, prompt_only]))
+    expected = generate(served.adapter, [prompt], max_tokens, intervention=demo.intervention(write_at="prompt"))[0]
+    assert [r.text for r in results] == [reference(served, prompt, None, max_tokens), expected]
+    assert expected != reference(served, prompt, "demo", max_tokens)  # writing at decode steps answers otherwise

@@ -64,3 +64,29 @@ def test_one_results_file_never_mixes_two_models_for_a_task(tmp_path):
     check_same_source(previous, "other-task", ModelOptions.model_construct(model="b"), data, tmp_path)
     with pytest.raises(StvError, match="model a, not b"):
         check_same_source(previous, "t", ModelOptions.model_construct(model="b"), data, tmp_path)
+
+
+def test_methods_write_where_the_vectors_say_unless_told_otherwise():
+    from types import SimpleNamespace
+
+    import torch
+
+    from stvcli.stages.methods import METHODS, MethodContext
+
+    vectors = SimpleNamespace(mode="add", write_at="prompt", intervention=lambda mode, write_at: (mode, write_at))
+    bank = {"bank": torch.ones(2, 3, 4), "counts": torch.ones(2, 3), "locations": torch.tensor([[0, 0], [1, 1]]),
+            "baseline": torch.zeros(2, 4)}
+    workspace = SimpleNamespace(load=lambda kind, fingerprint=None: bank, exists=lambda kind: False)
+    adapter = SimpleNamespace(fingerprint=lambda: {})
+
+    def context(write_at=None, with_vectors=True):
+        config = SimpleNamespace(insert=None, write_at=write_at)
+        return MethodContext(config, adapter, None, vectors if with_vectors else None, workspace)
+
+    assert context().write_at == "prompt" and context("every").write_at == "every"
+    assert context(with_vectors=False).write_at == "every"  # no vectors, no choice: the paper's every token
+    assert METHODS.get("stv").build(context())[0] == ("add", "prompt")
+    assert METHODS.get("stv").build(context("every"))[0] == ("add", "every")
+    mean = METHODS.get("mean-at-stv").build(context())[0]
+    assert (mean.mode, mean.write_at) == ("add", "prompt")
+    assert METHODS.get("mean-at-stv").build(context("every"))[0].write_at == "every"

@@ -353,9 +353,12 @@ def test_auto_search_keeps_the_reward_whose_pick_answers_most_holdout_queries(be
     artifact = space.load("vectors")
     judged = artifact.meta["extra"]["auto"]["judged"]
     accuracy = judged["holdout_accuracy"]
-    assert judged["tried"] == ["first-token", "complete", "mean"] and set(accuracy) == set(judged["tried"])
+    assert judged["tried"] == [f"{pick}@{at}" for pick in ("first-token", "complete", "mean") for at in ("every", "prompt")]
+    assert set(accuracy) == set(judged["tried"])
     best = max(accuracy.values())
-    assert judged["kept"] == next(name for name in judged["tried"] if accuracy[name] == best)  # ties: the earlier
+    label = next(name for name in judged["tried"] if accuracy[name] == best)  # ties: the earlier
+    assert label == f"{judged['kept']}@{judged['write_at']}"
+    assert artifact.meta["extra"]["write_at"] == judged["write_at"]
     assert artifact["searched_choices"].tolist() == judged["final"]
     if judged["kept"] == "mean":
         assert set(judged["final"]) == {artifact.meta["extra"]["choice_indices"]["mean"]}
@@ -371,7 +374,8 @@ def test_auto_search_keeps_the_reward_whose_pick_answers_most_holdout_queries(be
     generations = generate(adapter, [data.task.build_prompt(q) for q in holdout], data.task.max_new_tokens,
                            vectors.intervention(), data.task.answer_final)
     scores = [float(data.task.score(data.task.extract(g), q)) for g, q in zip(generations, holdout)]
-    assert accuracy[judged["kept"]] == pytest.approx(sum(scores) / len(scores))
+    assert vectors.write_at == judged["write_at"]
+    assert accuracy[label] == pytest.approx(sum(scores) / len(scores))
     assert not [p.name for p in workspace.iterdir() if p.name.startswith("search-state")]
 
 
@@ -380,7 +384,7 @@ def test_judge_searches_keeps_the_best_generating_pick_and_ties_go_to_the_earlie
     from stvcli.stages.reinforce import History
 
     bank, counts = torch.randn(2, 3, 4), torch.tensor([[1, 2, 0], [1, 1, 1]])
-    config = SearchConfig(workspace="w", keep_choice=True, mean_choice=True)
+    config = SearchConfig(workspace="w", keep_choice=True, mean_choice=True, auto_write_at=["every"])
     choices = search_module.Choices.from_bank(bank, counts, config)  # clusters 0-2, mean 3, keep 4
     searches = [search_module.Searched(reward, None, None, History(), torch.tensor(final))
                 for reward, final in (("first-token", [0, 1]), ("complete", [4, 4]))]
@@ -403,6 +407,34 @@ def test_judge_searches_keeps_the_best_generating_pick_and_ties_go_to_the_earlie
     assert torch.equal(first.vectors, bank[[0, 1], [0, 1]]) and keep_all is None
     assert torch.allclose(mean.vectors, torch.stack([(bank[0, 0] + 2 * bank[0, 1]) / 3, bank[1].mean(0)]))
     assert torch.equal(first.locations, torch.tensor([[0, 0], [1, 1]]))
+
+
+def test_judge_writes_every_pick_at_every_position_and_keeps_the_best_pair(monkeypatch):
+    from stvcli.stages import search as search_module
+    from stvcli.stages.reinforce import History
+
+    bank, counts = torch.randn(2, 3, 4), torch.ones(2, 3, dtype=torch.long)
+    config = SearchConfig(workspace="w", keep_choice=True, mean_choice=True)  # auto_write_at: every, prompt
+    choices = search_module.Choices.from_bank(bank, counts, config)
+    searches = [search_module.Searched("first-token", None, None, History(), torch.tensor([0, 1]))]
+    labels = ["first-token@every", "first-token@prompt", "mean@every", "mean@prompt"]
+    for values, kept, write_at in (([0.5, 0.5, 0.5, 0.5], "first-token", "every"),
+                                   ([0.25, 0.5, 0.5, 0.75], "mean", "prompt"),
+                                   ([0.25, 0.75, 0.5, 0.75], "first-token", "prompt")):
+        seen = []
+
+        def accuracy(adapter, task, queries, interventions, meter, batch_size, values=values):
+            seen[:] = interventions
+            return values
+
+        monkeypatch.setattr(search_module, "holdout_accuracy", accuracy)
+        judged = search_module.judge_searches(None, None, searches, choices, torch.tensor([[0, 0], [1, 1]]),
+                                              torch.zeros(2, 4), ["q"] * 4, config, None)
+        assert judged["tried"] == labels and judged["holdout_accuracy"] == dict(zip(labels, values))
+        assert (judged["kept"], judged["write_at"]) == (kept, write_at)
+        assert judged["why"].startswith(f"{kept}@{write_at} answers")
+    assert [i.write_at for i in seen] == ["every", "prompt", "every", "prompt"]
+    assert torch.equal(seen[0].vectors, seen[1].vectors)
 
 
 def test_causal_scores_are_single_head_reward_gains(bed, workspace, scanned):

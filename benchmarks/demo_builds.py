@@ -34,7 +34,7 @@ def run_build(seed: int, root: Path) -> dict:
     return {"task": task, "results": report["results"][task], "paired": report["paired"][task],
             "scan_auto": space.load("scan").meta["extra"].get("auto", {}).get("chosen"),
             "search_auto": {key: space.load("vectors").meta["extra"].get("auto", {}).get("judged", {}).get(key)
-                            for key in ("kept", "holdout_accuracy")},
+                            for key in ("kept", "write_at", "holdout_accuracy")},
             "seconds": round(time.perf_counter() - started, 1)}
 
 

@@ -14,6 +14,7 @@ tasks already there are skipped, so an interrupted sweep resumes.
 
     .venv/bin/python benchmarks/stv_vs_mtv.py --suite shapes --out benchmarks/results/stv_vs_mtv_shapes.json
     .venv/bin/python benchmarks/stv_vs_mtv.py --suite text --out benchmarks/results/stv_vs_mtv_text.json
+    .venv/bin/python benchmarks/stv_vs_mtv.py --suite text --backbone smollm2 --out benchmarks/results/stv_vs_mtv_smollm2.json
     .venv/bin/python benchmarks/stv_vs_mtv.py --out benchmarks/results/stv_vs_mtv_shapes.json --table
 """
 
@@ -45,7 +46,8 @@ class Sizes:
     max_icl_shots: int = 16
 
 
-def task_specs(suite: str, names: list[str] | None, text_tasks: Path = TEXT_TASKS) -> list[dict]:
+def task_specs(suite: str, names: list[str] | None, text_tasks: Path = TEXT_TASKS,
+               backbone: str = "gemma3") -> list[dict]:
     """(name, task, data, model) of every task in the suite."""
     if suite == "shapes":
         from stvcli.shapes.build import ensure_shapes_model
@@ -56,7 +58,7 @@ def task_specs(suite: str, names: list[str] | None, text_tasks: Path = TEXT_TASK
     else:
         from stvcli.shapes.backbones import ensure_backbone
 
-        model = str(ensure_backbone("gemma3", quiet=True))
+        model = str(ensure_backbone(backbone, quiet=True))
         specs = [{"name": folder.name, "task": "text", "data": str(folder / "train.jsonl"),
                   "eval_data": str(folder / "test.jsonl"), "model": model}
                  for folder in sorted(text_tasks.iterdir()) if (folder / "train.jsonl").exists()]
@@ -132,11 +134,11 @@ def _paired(task_root: Path, task: str, seed: int) -> dict:
 
 
 def sweep(suite: str, names: list[str] | None, root: Path, out: Path, sizes: Sizes, seed: int,
-          text_tasks: Path = TEXT_TASKS) -> dict:
+          text_tasks: Path = TEXT_TASKS, backbone: str = "gemma3") -> dict:
     results = json.loads(out.read_text()) if out.exists() else {}
     results.setdefault("meta", {}).update(suite=suite, threads=torch.get_num_threads(), seed=seed,
-                                          sizes=sizes.__dict__)
-    for spec in task_specs(suite, names, text_tasks):
+                                          sizes=sizes.__dict__, **({"backbone": backbone} if suite == "text" else {}))
+    for spec in task_specs(suite, names, text_tasks, backbone):
         if spec["name"] in results:
             continue
         results[spec["name"]] = run_task(spec, root, sizes, seed)
@@ -211,6 +213,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--text-tasks", type=Path, default=TEXT_TASKS, help="folders with train.jsonl and test.jsonl")
+    parser.add_argument("--backbone", choices=("gemma3", "smollm2"), default="gemma3",
+                        help="the text model of --suite text (the shapes suite runs the demo's Gemma-3 VLM)")
     parser.add_argument("--table", action="store_true", help="print the table of --out and stop")
     args = parser.parse_args()
     if args.table:
@@ -224,7 +228,8 @@ def main() -> None:
     import stvcli.stages.mtv  # noqa: F401
 
     hf_logging.disable_progress_bar()
-    sweep(args.suite, args.tasks, args.root / args.suite, args.out, Sizes(), args.seed, args.text_tasks)
+    folder = args.suite if args.backbone == "gemma3" or args.suite != "text" else f"text-{args.backbone}"
+    sweep(args.suite, args.tasks, args.root / folder, args.out, Sizes(), args.seed, args.text_tasks, args.backbone)
 
 
 if __name__ == "__main__":

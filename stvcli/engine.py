@@ -9,9 +9,10 @@ Positions: prompts are left padded, so the last prompt token of every row is pos
 -1 of a prefill pass. Insertion writes that position (or the last ``trailing[b]``
 positions when answer tokens follow the prompt) and the single position of every
 decode step (seq = 1); with ``write_at="prompt"`` only the last prompt token (the
-first column of the tail, in the first forward inside the block). Because attention is causal, nothing before the last prompt
-token depends on the inserted vectors: a prefix can be computed once (KV cache) and
-shared by many candidates, which is what ``stvcli.prefix`` relies on.
+first column of the tail, in the first forward inside the block). Because attention
+is causal, nothing before the last prompt token depends on the inserted vectors: a
+prefix can be computed once (KV cache) and shared by many candidates, which is what
+``stvcli.prefix`` relies on.
 """
 
 from __future__ import annotations
@@ -221,8 +222,9 @@ def inserting(
                     slot[:, heads] = torch.where(keep, new, current)
             else:
                 positions = torch.arange(seq, device=device)
-                first = positions[None, :] == seq - tail[:, None]
-                mask = (first if write_at == "prompt" else positions[None, :] >= seq - tail[:, None])[:, :, None, None]
+                start = seq - tail[:, None]  # [B, 1] each row's last prompt token
+                written = positions[None, :] == start if write_at == "prompt" else positions[None, :] >= start
+                mask = written[:, :, None, None]  # [B, T, 1, 1]
                 current = view[:, :, heads]  # [B, T, k, D] copy
                 new = values.unsqueeze(-3)  # [(B,) 1, k, D]
                 if mode == "add":

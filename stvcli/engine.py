@@ -255,8 +255,9 @@ class Intervention:
     row_mask: torch.Tensor | None = None  # [B, K] bool
     write_at: WriteAt = "every"
 
-    def rows(self, index: slice) -> "Intervention":
-        """The intervention for a slice of the batch (per-row vectors and masks are sliced)."""
+    def rows(self, index: slice | torch.Tensor) -> "Intervention":
+        """The intervention for some rows of the batch (a slice, or a [R] index of
+        candidate rows): per-row vectors and masks are taken, the rest is kept."""
         vectors = self.vectors[index] if self.vectors.ndim == 3 else self.vectors
         mask = None if self.row_mask is None else self.row_mask[index]
         return Intervention(self.locations, vectors, self.mode, mask, self.write_at)

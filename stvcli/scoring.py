@@ -338,11 +338,7 @@ def _score_rows(adapter, state, candidates, n_candidates, answer_ids, n, batch_s
     while start < total_rows:
         rows = slice(start, min(total_rows, start + size))
         q_index, s_index = query_of[rows], candidate_of[rows]
-        intervention = None
-        if candidates is not None:
-            vectors = candidates.vectors[s_index] if candidates.vectors.ndim == 3 else candidates.vectors
-            mask = None if candidates.row_mask is None else candidates.row_mask[s_index]
-            intervention = Intervention(candidates.locations, vectors, candidates.mode, mask, candidates.write_at)
+        intervention = None if candidates is None else candidates.rows(s_index)
         try:
             with timer(len(q_index)), applied(adapter, intervention, trailing=trailing[rows]):
                 logits = step(adapter, state, q_index, keep=n)  # [R, n, V]

@@ -211,29 +211,9 @@ def test_add_mode_adds(family, tiny, tiny_prompts):
     assert torch.equal(calls[layer][0], expected)
 
 
-def test_trailing_writes_last_n_positions_per_row(family, tiny, tiny_prompts):
-    adapter = tiny(family)
-    d = adapter.head_dim
-    inputs = adapter.encode(tiny_prompts(family))
-    batch, seq = inputs["input_ids"].shape
-    before = plain_inputs(adapter, family, inputs)
-    trailing = torch.tensor([1, 3, 2])[:batch]
-    layer, h = 0, 2
-    vectors = torch.randn(batch, 1, d, generator=torch.Generator().manual_seed(5))
-    with inserting(adapter, torch.tensor([[layer, h]]), vectors, trailing=trailing):
-        with recording(adapter, family) as calls:
-            forward(adapter, inputs)
-    got = calls[layer][0]
-    for row in range(batch):
-        n = int(trailing[row])
-        written = head(got[row, seq - n :], h, d)
-        assert torch.equal(written, vectors[row].expand(n, d))
-        expected = before[layer][row].clone()
-        expected[seq - n :, h * d : (h + 1) * d] = vectors[row]
-        assert torch.equal(got[row], expected)
-
-
-def test_write_at_prompt_writes_the_first_tail_column_only(family, tiny, tiny_prompts):
+@pytest.mark.parametrize("write_at", ["every", "prompt"])
+def test_trailing_writes_last_n_positions_per_row(family, write_at, tiny, tiny_prompts):
+    """every: the last trailing[b] positions of row b; prompt: only the first of them."""
     adapter = tiny(family)
     d = adapter.head_dim
     inputs = adapter.encode(tiny_prompts(family))
@@ -242,14 +222,19 @@ def test_write_at_prompt_writes_the_first_tail_column_only(family, tiny, tiny_pr
     trailing = torch.tensor([1, 3, 2])[:batch]
     layer, h = 0, 2  # layer 0: its o_proj inputs do not depend on its own edit
     vectors = torch.randn(batch, 1, d, generator=torch.Generator().manual_seed(5))
-    with inserting(adapter, torch.tensor([[layer, h]]), vectors, trailing=trailing, write_at="prompt"):
+    with inserting(adapter, torch.tensor([[layer, h]]), vectors, trailing=trailing, write_at=write_at):
         with recording(adapter, family) as calls:
             forward(adapter, inputs)
     got = calls[layer][0]
     for row in range(batch):
         n = int(trailing[row])
         expected = before[layer][row].clone()
-        expected[seq - n, h * d : (h + 1) * d] = vectors[row, 0]
+        if write_at == "every":
+            written = head(got[row, seq - n :], h, d)
+            assert torch.equal(written, vectors[row].expand(n, d))
+            expected[seq - n :, h * d : (h + 1) * d] = vectors[row]
+        else:
+            expected[seq - n, h * d : (h + 1) * d] = vectors[row, 0]
         assert torch.equal(got[row], expected)
 
 

@@ -332,10 +332,7 @@ def candidate_rewards(
     rows = [(qi, si) for qi in range(len(queries)) for si in range(n_candidates)]
 
     def run(chunk):
-        candidate_index = torch.tensor([si for _, si in chunk])
-        vectors = candidates.vectors[candidate_index] if candidates.vectors.ndim == 3 else candidates.vectors
-        mask = None if candidates.row_mask is None else candidates.row_mask[candidate_index]
-        intervention = Intervention(candidates.locations, vectors, candidates.mode, mask, candidates.write_at)
+        intervention = candidates.rows(torch.tensor([si for _, si in chunk]))
         with meter.forward(len(chunk)):
             scores = answer_scores(
                 adapter, [prompts[qi] for qi, _ in chunk], [targets[qi] for qi, _ in chunk], intervention

@@ -379,6 +379,23 @@ def test_auto_search_keeps_the_reward_whose_pick_answers_most_holdout_queries(be
     assert not [p.name for p in workspace.iterdir() if p.name.startswith("search-state")]
 
 
+def judge_with(monkeypatch, searches, choices, config, values: list[float]) -> tuple[dict, list]:
+    """judge_searches on 2 locations and 4 hold-out queries, with ``values`` as the
+    candidates' hold-out accuracies; returns its verdict and the interventions it judged."""
+    from stvcli.stages import search as search_module
+
+    seen: list = []
+
+    def accuracy(adapter, task, queries, interventions, meter, batch_size):
+        seen[:] = interventions
+        return values
+
+    monkeypatch.setattr(search_module, "holdout_accuracy", accuracy)
+    judged = search_module.judge_searches(None, None, searches, choices, torch.tensor([[0, 0], [1, 1]]),
+                                          torch.zeros(2, 4), ["q"] * 4, config, None)
+    return judged, seen
+
+
 def test_judge_searches_keeps_the_best_generating_pick_and_ties_go_to_the_earlier_candidate(monkeypatch):
     from stvcli.stages import search as search_module
     from stvcli.stages.reinforce import History
@@ -391,15 +408,7 @@ def test_judge_searches_keeps_the_best_generating_pick_and_ties_go_to_the_earlie
     names = ("first-token", "complete", "mean")
     for values, kept in (([0.5, 0.5, 0.5], "first-token"), ([0.25, 0.5, 0.5], "complete"),
                          ([0.75, 0.5, 0.8], "mean")):
-        seen = []
-
-        def accuracy(adapter, task, queries, interventions, meter, batch_size, values=values):
-            seen[:] = interventions
-            return values
-
-        monkeypatch.setattr(search_module, "holdout_accuracy", accuracy)
-        judged = search_module.judge_searches(None, None, searches, choices, torch.tensor([[0, 0], [1, 1]]),
-                                              torch.zeros(2, 4), ["q"] * 4, config, None)
+        judged, seen = judge_with(monkeypatch, searches, choices, config, values)
         assert judged["kept"] == kept and judged["holdout_accuracy"] == dict(zip(names, values))
         assert judged["final"] == {"first-token": [0, 1], "complete": [4, 4], "mean": [3, 3]}[kept]
         assert "of 4 held-out support queries" in judged["why"]
@@ -421,15 +430,7 @@ def test_judge_writes_every_pick_at_every_position_and_keeps_the_best_pair(monke
     for values, kept, write_at in (([0.5, 0.5, 0.5, 0.5], "first-token", "every"),
                                    ([0.25, 0.5, 0.5, 0.75], "mean", "prompt"),
                                    ([0.25, 0.75, 0.5, 0.75], "first-token", "prompt")):
-        seen = []
-
-        def accuracy(adapter, task, queries, interventions, meter, batch_size, values=values):
-            seen[:] = interventions
-            return values
-
-        monkeypatch.setattr(search_module, "holdout_accuracy", accuracy)
-        judged = search_module.judge_searches(None, None, searches, choices, torch.tensor([[0, 0], [1, 1]]),
-                                              torch.zeros(2, 4), ["q"] * 4, config, None)
+        judged, seen = judge_with(monkeypatch, searches, choices, config, values)
         assert judged["tried"] == labels and judged["holdout_accuracy"] == dict(zip(labels, values))
         assert (judged["kept"], judged["write_at"]) == (kept, write_at)
         assert judged["why"].startswith(f"{kept}@{write_at} answers")
